@@ -1,0 +1,357 @@
+"""One typed, validated configuration for a run.
+
+Layers, later ones winning: the defaults below, a YAML preset (``preset=NAME`` picks
+``siamgrad/configs/NAME.yaml``; ``config=PATH`` any YAML file), then ``key=value`` overrides from
+the command line. Dotted keys reach into sections (``optim.lr=0.1``); two shorthands exist:
+``method=NAME`` sets ``method.name`` and ``data=NAME`` sets ``data.name``.
+
+The ``method`` section holds ``name`` plus that method's own options; those are checked against
+the method registry (:func:`siamgrad.methods.default_options`) when the method is built.
+
+Every problem is a :class:`~siamgrad.errors.ConfigError` with a one-line message naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import ConfigError
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict:
+    return {"lo": lo, "hi": hi, "lo_open": lo_open}
+
+
+@dataclass
+class DataConfig:
+    name: Literal["digits", "cifar10", "cifar100", "stl10", "imagefolder"] = "digits"
+    root: str | None = None
+    download: bool = False
+    image_size: int | None = field(default=None, metadata=_range(4))
+    train_split: str | None = None  # None: "train" ("train+unlabeled" for stl10)
+    test_split: str = "test"
+    fraction: float = field(default=1.0, metadata=_range(0.0, 1.0, lo_open=True))
+
+
+@dataclass
+class AugmentConfig:
+    preset: str = "auto"  # auto: "digits" for digits, "cifar" for 32 px data, "simclr" otherwise
+    n_views: int = field(default=2, metadata=_range(2))
+    size: int | None = field(default=None, metadata=_range(4))  # None: the dataset's image size
+    scale: list[float] | None = None  # overrides the preset's crop scale range
+    blur_p: float | None = field(default=None, metadata=_range(0.0, 1.0))
+    solarize_p: float | None = field(default=None, metadata=_range(0.0, 1.0))
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["sgd", "lars", "adamw"] = "sgd"
+    lr: float = field(default=0.05, metadata=_range(0.0, lo_open=True))  # base lr, see lr_scaling
+    lr_scaling: Literal["linear", "none"] = "linear"  # linear: lr * batch_size / 256
+    weight_decay: float = field(default=1e-4, metadata=_range(0.0))
+    momentum: float = field(default=0.9, metadata=_range(0.0, 1.0))
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_epochs: float = field(default=0.0, metadata=_range(0.0))
+    min_lr_ratio: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    clip_grad: float | None = field(default=None, metadata=_range(0.0, lo_open=True))
+    probe_lr: float = field(default=0.1, metadata=_range(0.0, lo_open=True))
+
+
+@dataclass
+class EvalConfig:
+    knn_k: int = field(default=200, metadata=_range(1))
+    knn_t: float = field(default=0.1, metadata=_range(0.0, lo_open=True))
+    every: int = field(default=1, metadata=_range(0))  # kNN every N epochs (0: only at the end)
+    random_baseline: bool = True  # also report a random-init encoder's kNN accuracy
+    online_probe: bool = True
+    linear_epochs: int = field(default=100, metadata=_range(1))
+
+
+@dataclass
+class Config:
+    method: dict[str, Any] = field(
+        default_factory=lambda: {"name": "unigrad", "proj_hidden_dim": 512, "proj_output_dim": 128}
+    )
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    backbone: str = "auto"  # auto: "small" for digits, "resnet18" otherwise
+    cifar_stem: bool | None = None  # None: on for images of 64 px or less
+    epochs: int = field(default=30, metadata=_range(1))
+    batch_size: int = field(default=256, metadata=_range(2))
+    seed: int = 0
+    device: str = "auto"  # auto: cuda if available, else cpu
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on cuda, fp32 on cpu
+    channels_last: bool | None = None  # None: on for cuda
+    compile: bool = False
+    threads: int | None = field(default=None, metadata=_range(1))
+    out_dir: str = "runs"
+    run_name: str | None = None
+    resume: bool | Literal["auto"] = "auto"  # auto: continue if the run folder has a checkpoint
+    stop_after: int | None = field(default=None, metadata=_range(1))  # stop this process after N global steps
+    checkpoint_every: int = field(default=0, metadata=_range(0))  # also checkpoint every N steps (0: per epoch)
+    log_every: int = field(default=10, metadata=_range(1))
+    progress: bool = True
+    on_nan: Literal["stop", "skip"] = "stop"
+    max_bad_steps: int = field(default=10, metadata=_range(1))
+
+
+SHORTHANDS = {"method": "method.name", "data": "data.name"}
+
+# method options that keep their value when the method changes (projector widths): the defaults
+# size the projector for the CPU demo, and `method=byol` alone should not switch to 8192-d heads.
+COMMON_METHOD_OPTIONS = ("proj_hidden_dim", "proj_output_dim")
+
+
+# --------------------------------------------------------------------------------------------
+# type checking
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        return f"list of {_type_name(inner)}"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Return ``value`` checked against (and lightly converted to) the annotation ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value in choices:
+            return value
+        raise ConfigError(
+            f"{key}: {value!r} is not valid; choose one of: {', '.join(map(str, choices))}"
+        )
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{key}: null is not allowed; expected {_type_name(tp)}")
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(key, value, a)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list like [0.2, 1.0], got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, inner) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            v = float(value)
+            if v != v or v in (float("inf"), float("-inf")):
+                raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+            return v
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str) and value != "":
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
+    return value
+
+
+def _check_range(key: str, value: Any, meta: typing.Mapping) -> None:
+    if value is None or "lo" not in meta:
+        return
+    vals = value if isinstance(value, list) else [value]
+    for v in vals:
+        lo, hi = meta["lo"], meta["hi"]
+        if lo is not None and (v <= lo if meta["lo_open"] else v < lo):
+            bound = f"> {lo}" if meta["lo_open"] else f">= {lo}"
+            raise ConfigError(f"{key}: {v!r} is out of range; it must be {bound}")
+        if hi is not None and v > hi:
+            raise ConfigError(f"{key}: {v!r} is out of range; it must be <= {hi}")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _apply(obj: Any, key: str, value: Any, full_key: str) -> None:
+    """Set dotted ``key`` on the dataclass ``obj`` with checking."""
+    head, _, rest = key.partition(".")
+    hints = _hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    if head not in names:
+        raise ConfigError(
+            f"unknown config key '{full_key}'; valid keys here: {', '.join(names)}"
+        )
+    current = getattr(obj, head)
+    if head == "method":
+        if not rest:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    _apply(obj, f"method.{k}", v, f"method.{k}")
+                return
+            raise ConfigError(f"{full_key}: expected a method name or a mapping, got {value!r}")
+        if "." in rest:
+            raise ConfigError(f"unknown config key '{full_key}'; method options are flat (method.OPTION)")
+        if rest == "name":
+            if not isinstance(value, str):
+                raise ConfigError(f"method.name: expected a method name, got {value!r}")
+            if value != current.get("name"):
+                # options of another method do not carry over, projector widths do
+                for k in [k for k in current if k not in COMMON_METHOD_OPTIONS]:
+                    del current[k]
+        current[rest] = value
+        return
+    if dataclasses.is_dataclass(current):
+        if not rest:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{full_key}: expected a mapping of options, got {value!r}")
+            for k, v in value.items():
+                _apply(current, str(k), v, f"{full_key}.{k}")
+            return
+        _apply(current, rest, value, full_key)
+        return
+    if rest:
+        raise ConfigError(f"unknown config key '{full_key}'; '{head}' has no sub-keys")
+    f = next(f for f in dataclasses.fields(obj) if f.name == head)
+    v = _coerce(full_key, value, hints[head])
+    _check_range(full_key, v, f.metadata)
+    setattr(obj, head, v)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        return text
+
+
+def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
+    """``["optim.lr=0.1", "method=byol"]`` -> ``[("optim.lr", 0.1), ("method.name", "byol")]``."""
+    out = []
+    for a in args:
+        if "=" not in a:
+            raise ConfigError(f"bad argument {a!r}; settings are written key=value (e.g. epochs=10)")
+        k, _, v = a.partition("=")
+        k = k.strip().lstrip("-").replace("-", "_")
+        if not k:
+            raise ConfigError(f"bad argument {a!r}; the key before '=' is empty")
+        out.append((SHORTHANDS.get(k, k), _parse_value(v)))
+    return out
+
+
+def load_yaml(path: str | Path) -> dict:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"config file '{p}' not found; give an existing YAML file (config=PATH)")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file '{p}' is not valid YAML{where}; fix its syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{p}' must hold a mapping of keys to values")
+    return data
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def preset_path(name: str) -> Path:
+    p = PRESET_DIR / f"{name}.yaml"
+    if not p.is_file():
+        raise ConfigError(
+            f"unknown preset '{name}'; choose one of: {', '.join(available_presets())}"
+        )
+    return p
+
+
+def _flatten(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and key != "method" and not key.startswith("method."):
+            out.extend(_flatten(v, key + "."))
+        elif key == "method" and isinstance(v, dict):
+            # name first, so options are not cleared by a later name
+            if "name" in v:
+                out.append(("method.name", v["name"]))
+            out.extend((f"method.{mk}", mv) for mk, mv in v.items() if mk != "name")
+        else:
+            out.append((SHORTHANDS.get(key, key), v))
+    return out
+
+
+def build_config(overrides: list[str] | None = None, base: dict | None = None) -> Config:
+    """Defaults <- ``base`` dict <- preset/config files named in overrides <- overrides."""
+    cfg = Config()
+    pairs = parse_overrides(overrides or [])
+    layers: list[tuple[str, Any]] = []
+    if base:
+        layers.extend(_flatten(base))
+    for k, v in pairs:
+        if k in ("preset", "config"):
+            if not isinstance(v, str):
+                raise ConfigError(f"{k}: expected a name or path, got {v!r}")
+            path = preset_path(v) if k == "preset" else Path(v)
+            layers.extend(_flatten(load_yaml(path)))
+    layers.extend((k, v) for k, v in pairs if k not in ("preset", "config"))
+    for k, v in layers:
+        _apply(cfg, k, v, k)
+    return cfg
+
+
+def from_dict(d: dict) -> Config:
+    cfg = Config()
+    for k, v in _flatten(d):
+        _apply(cfg, k, v, k)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Config | dict) -> str:
+    d = to_dict(cfg) if isinstance(cfg, Config) else cfg
+    return yaml.safe_dump(d, sort_keys=False)
