@@ -1,0 +1,513 @@
+"""The training loop. It knows no particular method: a method is anything with
+``training_step(views) -> (loss, logs)`` and ``on_step_end(step, total_steps)``
+(see :mod:`siamgrad.methods`).
+
+Exact resume: the order of the data in epoch ``e`` and the augmentation randomness of global
+step ``s`` are drawn from generators seeded by ``(seed, e)`` and ``(seed, s)``; the model,
+optimizer, probe and method state (momentum encoder, queues, F matrices) are in the checkpoint.
+A run stopped and resumed therefore ends with the same weights as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import checkpoint as ckpt
+from .augment import build_augment
+from .backbones import build_backbone
+from .config import Config, dump_yaml, from_dict, to_dict
+from .data import ImageDataset, channel_stats, load_dataset
+from .errors import ConfigError, TrainingError
+from .evaluate import extract_features, knn_accuracy, raw_pixel_features
+from .optim import build_optimizer, lr_factor, scaled_lr, set_lr
+
+
+# --------------------------------------------------------------------------------------------
+# resolving "auto" settings
+
+
+def resolve(cfg: Config) -> Config:
+    """Return a copy with every ``auto``/``None`` setting replaced by its concrete value."""
+    cfg = from_dict(to_dict(cfg))
+    if cfg.device == "auto":
+        cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device: cuda was asked for but no GPU is visible; use device=cpu")
+    on_gpu = cfg.device.startswith("cuda")
+    if cfg.precision == "auto":
+        cfg.precision = "bf16" if on_gpu else "fp32"
+    if cfg.channels_last is None:
+        cfg.channels_last = on_gpu
+    if cfg.backbone == "auto":
+        cfg.backbone = "small" if cfg.data.name == "digits" else "resnet18"
+    if cfg.data.train_split is None:
+        cfg.data.train_split = "train+unlabeled" if cfg.data.name == "stl10" else "train"
+    if cfg.augment.preset == "auto":
+        cfg.augment.preset = {"digits": "digits", "cifar10": "cifar", "cifar100": "cifar"}.get(
+            cfg.data.name, "simclr"
+        )
+    return cfg
+
+
+def _device_autocast(cfg: Config) -> tuple[torch.device, torch.dtype | None]:
+    device = torch.device(cfg.device)
+    return device, (torch.bfloat16 if cfg.precision == "bf16" else None)
+
+
+# --------------------------------------------------------------------------------------------
+# progress and metrics
+
+
+class Progress:
+    """A one-line progress bar (step, loss, images/s, ETA) on stderr; periodic lines when not a TTY."""
+
+    def __init__(self, total: int, enabled: bool = True, stream=None):
+        self.total, self.enabled = total, enabled
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.last_print = 0.0
+        self.every = max(1, total // 20)
+
+    def update(self, step: int, loss: float, ips: float, eta_s: float, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        frac = step / max(1, self.total)
+        eta = time.strftime("%H:%M:%S", time.gmtime(max(0.0, eta_s)))
+        text = (f"step {step}/{self.total} [{'#' * int(frac * 20):<20}] loss {loss:.4f} "
+                f"{ips:,.0f} img/s ETA {eta}")
+        if self.tty:
+            if force or now - self.last_print > 0.2:
+                self.stream.write("\r" + text + " " * 4)
+                self.stream.flush()
+                self.last_print = now
+        elif force or step % self.every == 0:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class MetricsLog:
+    """Metrics as JSON lines (``metrics.jsonl``) and, when available, TensorBoard scalars."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True):
+        self.path = run_dir / "metrics.jsonl"
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tb"))
+            except Exception:  # tensorboard not installed: JSON lines only
+                self.tb = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            step = record.get("step", 0)
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """Records of ``metrics.jsonl`` (a torn last line from a crash is ignored)."""
+    out = []
+    p = Path(run_dir) / "metrics.jsonl"
+    if not p.is_file():
+        return out
+    for line in p.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the trainer
+
+
+@dataclasses.dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    knn_accuracy: float | None
+    random_knn_accuracy: float | None
+    raw_pixel_knn_accuracy: float | None
+    best_knn_accuracy: float | None
+    stopped_early: bool = False
+
+    def summary(self) -> str:
+        def pct(x):
+            return "n/a" if x is None else f"{x:.2f}%"
+
+        return (f"kNN top-1: trained {pct(self.knn_accuracy)} | random-init {pct(self.random_knn_accuracy)}"
+                f" | raw pixels {pct(self.raw_pixel_knn_accuracy)}  (run: {self.run_dir})")
+
+
+def build_method(cfg: Config) -> nn.Module:
+    from . import methods
+
+    from .config import COMMON_METHOD_OPTIONS
+
+    name = cfg.method.get("name", "unigrad")
+    known = methods.default_options(name) if name in methods.available() else {}
+    backbone, dim = build_backbone(cfg.backbone, cifar_stem=_cifar_stem(cfg))
+    opts = {k: v for k, v in cfg.method.items()
+            if k != "name" and (k in known or k not in COMMON_METHOD_OPTIONS)}
+    return methods.build(name, backbone, dim, **opts)
+
+
+def _cifar_stem(cfg: Config) -> bool:
+    if cfg.cifar_stem is not None:
+        return cfg.cifar_stem
+    size = cfg.augment.size or cfg.data.image_size or (16 if cfg.data.name == "digits" else 32)
+    return size <= 64 or cfg.data.name in ("cifar10", "cifar100", "stl10", "digits")
+
+
+class Trainer:
+    """Runs one configured pretraining job end to end; see :meth:`fit`."""
+
+    def __init__(self, cfg: Config, *, log: bool = True):
+        self.cfg = resolve(cfg)
+        self.log = log
+        cfg = self.cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device, self.amp_dtype = _device_autocast(cfg)
+        torch.manual_seed(cfg.seed)
+
+        # data: the whole training set moves to the device once, as uint8
+        d = cfg.data
+        self.train_set = load_dataset(d.name, d.root, d.train_split, image_size=d.image_size,
+                                      download=d.download)
+        if d.fraction < 1.0:
+            self.train_set = self.train_set.fraction(d.fraction, seed=cfg.seed)
+        self.knn_train, self.knn_test = self._eval_sets()
+        self.mean, self.std = channel_stats(self.train_set)
+        self.size = cfg.augment.size or self.train_set.image_size
+        n = len(self.train_set)
+        if cfg.batch_size > n:
+            raise ConfigError(
+                f"batch_size={cfg.batch_size} is larger than the training set ({n} images); lower batch_size"
+            )
+        self.images = self.train_set.images.to(self.device)
+        self.labels = self.train_set.labels.to(self.device) if self.train_set.labels is not None else None
+        self.steps_per_epoch = n // cfg.batch_size
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+
+        overrides = {}
+        if cfg.augment.scale is not None:
+            overrides["scale"] = tuple(cfg.augment.scale)
+        for k in ("blur_p", "solarize_p"):
+            if getattr(cfg.augment, k) is not None:
+                overrides[k] = getattr(cfg.augment, k)
+        self.augment = build_augment(cfg.augment.preset, self.size, cfg.augment.n_views,
+                                     mean=self.mean, std=self.std, **overrides)
+
+        # model, probe, optimizers
+        self.method = build_method(cfg).to(self.device)
+        if cfg.channels_last:
+            self.method = self.method.to(memory_format=torch.channels_last)
+        if cfg.compile:
+            self.method.backbone.compile()
+        self.optimizer = build_optimizer(self.method, cfg.optim, cfg.batch_size)
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.warmup_steps = int(round(cfg.optim.warmup_epochs * self.steps_per_epoch))
+        self.num_classes = len(self.train_set.classes) if self.labels is not None else 0
+        self.probe = None
+        if cfg.eval.online_probe and self.labels is not None:
+            dim = self._feature_dim()
+            self.probe = nn.Linear(dim, self.num_classes).to(self.device)
+            self.probe_opt = torch.optim.SGD(self.probe.parameters(), lr=cfg.optim.probe_lr, momentum=0.9)
+
+        self.step = 0
+        self.best_knn: float | None = None
+        self.baselines: dict[str, float | None] = {"random_knn": None, "raw_pixel_knn": None}
+        self.run_dir = self._run_dir()
+
+    # -- setup helpers
+
+    def _eval_sets(self) -> tuple[ImageDataset | None, ImageDataset | None]:
+        d = self.cfg.data
+        labeled_train = self.train_set if self.train_set.labels is not None else None
+        if labeled_train is None:
+            try:
+                labeled_train = load_dataset(d.name, d.root, "train", image_size=d.image_size)
+            except Exception:
+                labeled_train = None
+        try:
+            test = load_dataset(d.name, d.root, d.test_split, image_size=d.image_size)
+        except Exception:
+            test = None
+        if labeled_train is None or test is None or test.labels is None:
+            return None, None
+        return labeled_train, test
+
+    @torch.no_grad()
+    def _feature_dim(self) -> int:
+        was = self.method.training
+        self.method.eval()
+        x = torch.zeros(2, 3, self.size, self.size, device=self.device)
+        dim = self.method.backbone(x).shape[1]
+        self.method.train(was)
+        return dim
+
+    def _run_dir(self) -> Path:
+        cfg = self.cfg
+        name = cfg.run_name or f"{cfg.method.get('name')}-{cfg.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = Path(cfg.out_dir).expanduser() / name
+        latest = run_dir / "latest.pt"
+        if cfg.resume is True and not (latest.exists() or ckpt.previous_path(latest).exists()):
+            raise ConfigError(f"resume=true but '{run_dir}' holds no checkpoint; check run_name/out_dir")
+        if cfg.resume is False and latest.exists():
+            raise ConfigError(
+                f"run folder '{run_dir}' already holds a checkpoint; use resume=true or another run_name"
+            )
+        return run_dir
+
+    # -- evaluation
+
+    def knn(self, backbone: nn.Module | None = None) -> float | None:
+        if self.knn_train is None:
+            return None
+        backbone = backbone if backbone is not None else self.method.backbone
+        kw = dict(size=self.size, device=self.device, channels_last=bool(self.cfg.channels_last),
+                  autocast_dtype=self.amp_dtype)
+        ftr = extract_features(backbone, self.knn_train.images, self.mean, self.std, **kw)
+        fte = extract_features(backbone, self.knn_test.images, self.mean, self.std, **kw)
+        self._last_eval_features = (ftr, fte)
+        return knn_accuracy(ftr, self.knn_train.labels, fte, self.knn_test.labels,
+                            k=self.cfg.eval.knn_k, temperature=self.cfg.eval.knn_t,
+                            num_classes=len(self.knn_train.classes))
+
+    def _probe_accuracy(self) -> float | None:
+        if self.probe is None or self.knn_test is None or not hasattr(self, "_last_eval_features"):
+            return None
+        with torch.no_grad():
+            logits = self.probe(self._last_eval_features[1].to(self.device))
+            return 100.0 * (logits.argmax(1).cpu() == self.knn_test.labels).float().mean().item()
+
+    def _baselines(self) -> None:
+        if self.knn_train is None:
+            return
+        e = self.cfg.eval
+        raw = lambda ds: raw_pixel_features(ds.images)  # noqa: E731
+        self.baselines["raw_pixel_knn"] = knn_accuracy(
+            raw(self.knn_train), self.knn_train.labels, raw(self.knn_test), self.knn_test.labels,
+            k=e.knn_k, temperature=e.knn_t, num_classes=len(self.knn_train.classes))
+        if e.random_baseline:
+            # the weights at step 0 are the random initialization of this very run
+            self.baselines["random_knn"] = self.knn()
+
+    # -- checkpoints
+
+    def state(self) -> dict:
+        s = {
+            "config": to_dict(self.cfg),
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "best_knn": self.best_knn,
+            "baselines": dict(self.baselines),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "image_size": self.size,
+        }
+        if self.probe is not None:
+            s["probe"] = self.probe.state_dict()
+            s["probe_optimizer"] = self.probe_opt.state_dict()
+        return s
+
+    def save(self, name: str = "latest.pt") -> Path:
+        path = self.run_dir / name
+        ckpt.save_checkpoint(self.state(), path, keep_previous=(name == "latest.pt"))
+        return path
+
+    def load(self, state: dict) -> None:
+        self.method.load_state_dict(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.probe is not None and "probe" in state:
+            self.probe.load_state_dict(state["probe"])
+            self.probe_opt.load_state_dict(state["probe_optimizer"])
+        self.step = int(state["step"])
+        self.best_knn = state.get("best_knn")
+        self.baselines.update(state.get("baselines") or {})
+
+    def _maybe_resume(self) -> bool:
+        latest = self.run_dir / "latest.pt"
+        if self.cfg.resume is False or not (latest.exists() or ckpt.previous_path(latest).exists()):
+            return False
+        state, used = ckpt.load_with_fallback(latest, map_location=self.device)
+        if state.get("total_steps") != self.total_steps:
+            raise ConfigError(
+                f"the checkpoint in '{self.run_dir}' was made for {state.get('total_steps')} steps, this "
+                f"config gives {self.total_steps}; resume with the same epochs/batch_size/data"
+            )
+        self.load(state)
+        self._say(f"resumed from {used} at step {self.step}")
+        return True
+
+    # -- the loop
+
+    def _say(self, msg: str) -> None:
+        if self.log:
+            print(msg, file=sys.stderr, flush=True)
+
+    def _batch_indices(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.train_set), generator=g)
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor | None) -> tuple[float, dict]:
+        cfg = self.cfg
+        g = torch.Generator().manual_seed(cfg.seed * 7_919 + self.step + 1)
+        views = self.augment(images, generator=g)
+        if cfg.channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        set_lr(self.optimizer, self.base_lrs,
+               lr_factor(self.step, self.total_steps, self.warmup_steps, cfg.optim.min_lr_ratio))
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            loss, logs = self.method.training_step(views)
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            return loss_value, logs
+        loss.backward()
+        if cfg.optim.clip_grad:
+            logs["grad_norm"] = float(nn.utils.clip_grad_norm_(self.method.parameters(), cfg.optim.clip_grad))
+        self.optimizer.step()
+        self.method.on_step_end(self.step, self.total_steps)
+        if self.probe is not None and labels is not None:
+            feats = self.method.last_features.detach().float()
+            logits = self.probe(feats)
+            probe_loss = F.cross_entropy(logits, labels)
+            self.probe_opt.zero_grad(set_to_none=True)
+            probe_loss.backward()
+            self.probe_opt.step()
+            logs["probe_loss"] = float(probe_loss)
+            logs["probe_batch_acc"] = 100.0 * float((logits.argmax(1) == labels).float().mean())
+        return loss_value, logs
+
+    def fit(self) -> TrainResult:
+        cfg = self.cfg
+        resumed = self._maybe_resume()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
+        metrics = MetricsLog(self.run_dir)
+        if not resumed:
+            self._baselines()
+            metrics.write({"step": 0, "epoch": 0, **{k: v for k, v in self.baselines.items() if v is not None}})
+        self._say(f"run folder: {self.run_dir}  ({len(self.train_set)} images, {self.steps_per_epoch} steps/epoch, "
+                  f"{self.total_steps} steps, device {self.device})")
+        progress = Progress(self.total_steps, enabled=cfg.progress and self.log)
+        bad_steps, stopped = 0, False
+        t0, steps_done, last_loss, knn_acc = time.monotonic(), 0, float("nan"), None
+        B = cfg.batch_size
+        view_images = B * cfg.augment.n_views  # images through the backbone per step
+        try:
+            while self.step < self.total_steps:
+                epoch, pos = divmod(self.step, self.steps_per_epoch)
+                order = self._batch_indices(epoch)
+                for b in range(pos, self.steps_per_epoch):
+                    idx = order[b * B : (b + 1) * B].to(self.device)
+                    images = self.images[idx]
+                    labels = self.labels[idx] if self.labels is not None else None
+                    loss, logs = self.train_step(images, labels)
+                    if not math.isfinite(loss):
+                        bad_steps += 1
+                        where = self.run_dir / "latest.pt"
+                        last = where if where.exists() else "none yet"
+                        if cfg.on_nan == "stop" or bad_steps > cfg.max_bad_steps:
+                            raise TrainingError(
+                                f"loss is {loss} at step {self.step}; stopped with the last good checkpoint "
+                                f"intact ({last}); lower optim.lr or set optim.clip_grad"
+                            )
+                        self._say(f"warning: loss is {loss} at step {self.step}; step skipped")
+                        self.step += 1
+                        continue
+                    bad_steps = 0
+                    self.step += 1
+                    last_loss = loss
+                    steps_done += 1
+                    elapsed = time.monotonic() - t0
+                    ips = steps_done * view_images / max(elapsed, 1e-9)
+                    eta = (self.total_steps - self.step) * elapsed / steps_done
+                    progress.update(self.step, loss, ips, eta)
+                    if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                        metrics.write({"step": self.step, "epoch": self.step / self.steps_per_epoch,
+                                       "loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
+                                       "images_per_s": ips, **logs})
+                    if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                        self.save()
+                    if cfg.stop_after is not None and self.step >= cfg.stop_after:
+                        stopped = True
+                        break
+                if stopped:
+                    break
+                # end of an epoch
+                ep = self.step // self.steps_per_epoch
+                if cfg.eval.every and ep % cfg.eval.every == 0 and self.step < self.total_steps:
+                    knn_acc = self._evaluate(metrics, ep)
+                self.save()
+        finally:
+            progress.close()
+        if stopped:
+            self.save()
+            metrics.close()
+            self._say(f"stopped after step {self.step} (stop_after); resume with resume=true run_name={self.run_dir.name}")
+            return TrainResult(self.run_dir, self.step, None, self.baselines["random_knn"],
+                               self.baselines["raw_pixel_knn"], self.best_knn, stopped_early=True)
+        knn_acc = self._evaluate(metrics, self.step // self.steps_per_epoch)
+        self.save()
+        metrics.close()
+        result = TrainResult(self.run_dir, self.step, knn_acc, self.baselines["random_knn"],
+                             self.baselines["raw_pixel_knn"], self.best_knn)
+        ckpt.atomic_write_json(self.run_dir / "results.json", {
+            "step": self.step, "knn_accuracy": knn_acc, "best_knn_accuracy": self.best_knn,
+            "random_init_knn_accuracy": self.baselines["random_knn"],
+            "raw_pixel_knn_accuracy": self.baselines["raw_pixel_knn"], "final_loss": last_loss,
+        })
+        return result
+
+    def _evaluate(self, metrics: MetricsLog, epoch: int) -> float | None:
+        acc = self.knn()
+        if acc is None:
+            return None
+        rec: dict[str, Any] = {"step": self.step, "epoch": epoch, "knn_acc": acc}
+        probe = self._probe_accuracy()
+        if probe is not None:
+            rec["online_probe_acc"] = probe
+        metrics.write(rec)
+        if self.best_knn is None or acc > self.best_knn:
+            self.best_knn = acc
+            self.save("best.pt")
+        self._say(f"epoch {epoch}: kNN {acc:.2f}%" + (f", online probe {probe:.2f}%" if probe is not None else ""))
+        return acc
+
+
+def train(cfg: Config, log: bool = True) -> TrainResult:
+    """Run a configured job; the Python entry point of ``siamgrad train``."""
+    return Trainer(cfg, log=log).fit()
