@@ -514,7 +514,8 @@ def test_subset_and_fraction():
     tiny = ds.fraction(0.01)
     assert torch.bincount(tiny.labels, minlength=3).tolist() == [1, 1, 1]  # at least one per class
     assert image_ids(ds.fraction(1.0)) == list(range(68))
-    for bad in (0, 0.0, -0.5, 1.5):
+    assert len(ds.fraction(np.float32(0.5), seed=1)) == 35
+    for bad in (0, 0.0, -0.5, 1.5, True, "0.5"):
         with pytest.raises(SiamgradError):
             ds.fraction(bad)
     unl = indexed_dataset(None, n=30)

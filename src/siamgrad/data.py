@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 import os
 import pickle
 import tarfile
@@ -196,7 +197,7 @@ class ImageDataset:
         unlabeled data is sampled as one group. The kept images stay in their original order.
         ``frac`` must lie in ``(0, 1]``; ``frac == 1`` returns the full set.
         """
-        if not isinstance(frac, (int, float)) or not 0.0 < float(frac) <= 1.0:
+        if isinstance(frac, bool) or not isinstance(frac, numbers.Real) or not 0.0 < frac <= 1.0:
             raise ConfigError(
                 f"data fraction must be in (0, 1], got {frac!r}; e.g. data.fraction=0.5"
             )
