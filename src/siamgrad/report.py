@@ -1,0 +1,674 @@
+r"""Plots and HTML/Markdown reports of training runs (``siamgrad analyze``).
+
+A run folder (written by the trainer) holds ``metrics.jsonl``, ``config.yaml`` and, once
+finished, ``results.json``. The records of ``metrics.jsonl`` this module reads (every key is
+optional; a missing one only drops the plot or the table cell that needs it):
+
+* training records: ``step``, ``epoch``, ``loss``, ``lr``, ``images_per_s``;
+* evaluation records: ``step``, ``epoch``, ``knn_acc``, ``online_probe_acc`` (percent);
+* the step-0 record: ``random_knn``, ``raw_pixel_knn`` (percent);
+* feature diagnostics (:func:`siamgrad.diagnostics.diag_record`): ``diag/eff_rank``,
+  ``diag/eff_rank_frac``, ``diag/width``, ``diag/std_mean``, ``diag/std_min``, ``diag/std_ratio``,
+  ``diag/align``, ``diag/uniform``, ``diag/spec_top1_frac``, ``diag/spec_dims90``,
+  ``diag/spectrum`` (list, descending), ``diag/F_spectrum`` (list), ``diag/pred_align``,
+  ``diag/collapse`` (a :class:`~siamgrad.diagnostics.CollapseDetector` message);
+* gradient decomposition (:func:`siamgrad.diagnostics.grad_record`): ``grad/true_norm``,
+  ``grad/pos_norm``, ``grad/neg_norm``, ``grad/lambda``, ``grad/lambda_eff``,
+  ``grad/cos_unified``, ``grad/fit_residual``.
+
+:func:`analyze_run` writes ``report/{loss,knn,spectrum,gradients,rank}.png`` and one
+self-contained ``report/report.html`` (images embedded as base64); :func:`compare_runs` puts
+several runs on the same axes and writes ``compare.html`` and ``compare.md``.
+
+Plots use matplotlib's object-oriented API on the Agg canvas (no pyplot, no global backend
+change, safe in headless processes).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from .errors import SiamgradError
+
+__all__ = ["RunData", "load_run", "run_summary", "collapse_events", "analyze_run", "compare_runs"]
+
+_SPECTRUM_FLOOR = 1e-12  # eigenvalues are clamped to this on log axes
+_MAX_SPECTRA = 24  # at most this many spectra drawn per panel (evenly spaced in time)
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+
+
+@dataclass
+class RunData:
+    """Everything a report reads from one run folder."""
+
+    run_dir: Path
+    records: list[dict[str, Any]]
+    config: dict[str, Any] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def method(self) -> str:
+        m = self.config.get("method")
+        if isinstance(m, dict) and m.get("name"):
+            return str(m["name"])
+        if isinstance(m, str):
+            return m
+        return "?"
+
+    def series(self, key: str, x: str = "step") -> tuple[list[float], list[float]]:
+        """``(xs, ys)`` of the records holding a finite number under ``key`` (and under ``x``)."""
+        xs, ys = [], []
+        for r in self.records:
+            v, t = r.get(key), r.get(x)
+            if _is_num(v) and _is_num(t) and math.isfinite(v):
+                xs.append(float(t))
+                ys.append(float(v))
+        return xs, ys
+
+    def lists(self, key: str) -> list[tuple[float, list[float]]]:
+        """``(step, values)`` of the records holding a non-empty list of numbers under ``key``."""
+        out = []
+        for r in self.records:
+            v = r.get(key)
+            if isinstance(v, list) and v and all(_is_num(e) for e in v) and _is_num(r.get("step")):
+                out.append((float(r["step"]), [float(e) for e in v]))
+        return out
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # a torn last line from a crash
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    """Read ``metrics.jsonl`` (required), ``config.yaml`` and ``results.json`` (optional) of a run folder."""
+    run_dir = Path(run_dir).expanduser()
+    metrics = run_dir / "metrics.jsonl"
+    if not run_dir.is_dir():
+        raise SiamgradError(f"run folder '{run_dir}' does not exist; pass a folder written by `siamgrad train`")
+    if not metrics.is_file():
+        raise SiamgradError(f"'{run_dir}' holds no metrics.jsonl; pass a run folder written by `siamgrad train`")
+    config: dict[str, Any] = {}
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.is_file():
+        try:
+            import yaml
+
+            loaded = yaml.safe_load(cfg_path.read_text())
+            config = loaded if isinstance(loaded, dict) else {}
+        except Exception:  # a damaged config must not stop the report
+            config = {}
+    results: dict[str, Any] = {}
+    res_path = run_dir / "results.json"
+    if res_path.is_file():
+        try:
+            loaded = json.loads(res_path.read_text())
+            results = loaded if isinstance(loaded, dict) else {}
+        except json.JSONDecodeError:
+            results = {}
+    return RunData(run_dir, _read_jsonl(metrics), config, results)
+
+
+# --------------------------------------------------------------------------------------------
+# numbers
+
+
+def _last(run: RunData, key: str) -> float | None:
+    _, ys = run.series(key)
+    return ys[-1] if ys else None
+
+
+def _first_record_value(run: RunData, key: str) -> float | None:
+    for r in run.records:
+        if _is_num(r.get(key)):
+            return float(r[key])
+    return None
+
+
+def run_summary(run: RunData) -> dict[str, Any]:
+    """Final numbers of a run: results.json first, the metrics records otherwise (``None`` when unknown).
+
+    Keys: ``method``, ``steps``, ``final_loss``, ``final_knn``, ``best_knn``, ``random_knn``,
+    ``raw_pixel_knn``, ``online_probe``, ``images_per_s`` (median), ``final_eff_rank``,
+    ``width``, ``final_std_ratio``, ``final_pred_align``, ``final_lambda_eff``,
+    ``final_cos_unified``, ``collapse`` (text).
+    """
+    res = run.results
+    _, knn = run.series("knn_acc")
+    steps = [r["step"] for r in run.records if _is_num(r.get("step"))]
+    _, ips = run.series("images_per_s")
+
+    def pick(res_key: str, fallback: float | None) -> float | None:
+        v = res.get(res_key)
+        return float(v) if _is_num(v) else fallback
+
+    events = collapse_events(run)
+    return {
+        "method": run.method,
+        "steps": int(max(steps)) if steps else None,
+        "final_loss": pick("final_loss", _last(run, "loss")),
+        "final_knn": pick("knn_accuracy", knn[-1] if knn else None),
+        "best_knn": pick("best_knn_accuracy", max(knn) if knn else None),
+        "random_knn": pick("random_init_knn_accuracy", _first_record_value(run, "random_knn")),
+        "raw_pixel_knn": pick("raw_pixel_knn_accuracy", _first_record_value(run, "raw_pixel_knn")),
+        "online_probe": _last(run, "online_probe_acc"),
+        "images_per_s": sorted(ips)[len(ips) // 2] if ips else None,
+        "final_eff_rank": _last(run, "diag/eff_rank"),
+        "width": _last(run, "diag/width"),
+        "final_std_ratio": _last(run, "diag/std_ratio"),
+        "final_pred_align": _last(run, "diag/pred_align"),
+        "final_lambda_eff": _last(run, "grad/lambda_eff"),
+        "final_cos_unified": _last(run, "grad/cos_unified"),
+        "collapse": "; ".join(_event_short(e) for e in events) if events else "none",
+    }
+
+
+def collapse_events(run: RunData) -> list[dict[str, Any]]:
+    """Collapse episodes: ``[{"kind", "first_step", "last_step", "message"}]``.
+
+    Uses the ``diag/collapse`` messages the trainer logged when there are any (a diagnostic record
+    without one counts as healthy); otherwise replays a
+    :class:`~siamgrad.diagnostics.CollapseDetector` (default thresholds) over the ``diag/*``
+    records. Consecutive reports of the same kind form one episode.
+    """
+    diag = [r for r in run.records
+            if isinstance(r.get("diag/collapse"), str) or any(k.startswith("diag/") and _is_num(v) for k, v in r.items())]
+    reports: list[tuple[Any, str, str]] = []  # (step, kind or "", message) per diagnostic record
+    if any(isinstance(r.get("diag/collapse"), str) for r in diag):
+        for r in diag:
+            msg = r.get("diag/collapse")
+            msg = msg if isinstance(msg, str) else ""
+            first_word = msg.split(" ", 1)[0]
+            kind = first_word if first_word in ("complete", "dimensional") else ("collapse" if msg else "")
+            reports.append((r.get("step"), kind, msg))
+    else:
+        width = next((int(r["diag/width"]) for r in diag if _is_num(r.get("diag/width"))), None)
+        if width is None:
+            return []
+        from .diagnostics import CollapseDetector
+
+        det = CollapseDetector(width)
+        for r in diag:
+            msg = det.check(r)
+            reports.append((r.get("step"), det.events[-1][1] if msg else "", msg or ""))
+    episodes: list[dict[str, Any]] = []
+    prev_kind = ""
+    for step, kind, msg in reports:
+        if not kind:
+            prev_kind = ""
+            continue
+        if episodes and kind == prev_kind:
+            episodes[-1]["last_step"] = step
+        else:
+            episodes.append({"kind": kind, "first_step": step, "last_step": step, "message": msg})
+        prev_kind = kind
+    return episodes
+
+
+def _event_short(e: dict[str, Any]) -> str:
+    first, last = e["first_step"], e["last_step"]
+    span = f"step {_fmt(first)}" if first == last else f"steps {_fmt(first)}-{_fmt(last)}"
+    return f"{e['kind']} ({span})"
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v) or v == 0.0:
+            return str(v)
+        if abs(v) >= 1e5 or abs(v) < 1e-3:
+            return f"{v:.3g}"
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.extend(_flatten(v, key + "."))
+        else:
+            out.append((key, v))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# plots
+
+
+def _figure(ncols: int = 1, width: float = 6.4, height: float = 4.2):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * ncols, height), dpi=110, layout="constrained")
+    axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+    return fig, axes
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def _empty(ax, title: str, note: str) -> None:
+    ax.set_title(title)
+    ax.text(0.5, 0.5, note, ha="center", va="center", transform=ax.transAxes, color="0.4", wrap=True)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _smooth(ys: Sequence[float], span: int) -> list[float]:
+    """Exponential moving average with ``alpha = 2 / (span + 1)`` (bias-corrected start)."""
+    if span <= 1:
+        return list(ys)
+    a = 2.0 / (span + 1)
+    out, m, w = [], 0.0, 0.0
+    for y in ys:
+        m = (1 - a) * m + a * y
+        w = (1 - a) * w + a
+        out.append(m / w)
+    return out
+
+
+def plot_loss(run: RunData, path: Path) -> Path:
+    fig, (ax,) = _figure()
+    xs, ys = run.series("loss")
+    if not xs:
+        _empty(ax, f"Training loss - {run.name}", "no loss records in metrics.jsonl")
+        return _save(fig, path)
+    ax.plot(xs, ys, color="tab:blue", alpha=0.3, lw=1, label="loss")
+    span = max(1, len(ys) // 20)
+    if span > 1:
+        ax.plot(xs, _smooth(ys, span), color="tab:blue", lw=2, label=f"loss (EMA, span {span} records)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(f"Training loss - {run.name} ({run.method})")
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    lx, ly = run.series("lr")
+    if lx:
+        ax2 = ax.twinx()
+        ax2.plot(lx, ly, color="tab:orange", lw=1.2, ls="--", label="learning rate")
+        ax2.set_ylabel("learning rate", color="tab:orange")
+        ax2.tick_params(axis="y", colors="tab:orange")
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    ax.legend(handles, labels, loc="upper right", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_knn(run: RunData, path: Path) -> Path:
+    fig, (ax,) = _figure()
+    kx, ky = run.series("knn_acc")
+    px, py = run.series("online_probe_acc")
+    summary = run_summary(run)
+    if not kx and not px and summary["random_knn"] is None and summary["raw_pixel_knn"] is None:
+        _empty(ax, f"kNN accuracy - {run.name}", "no evaluation records in metrics.jsonl\n(labels needed for kNN)")
+        return _save(fig, path)
+    if kx:
+        ax.plot(kx, ky, "o-", color="tab:green", lw=2, ms=4, label="kNN top-1 (trained)")
+    if px:
+        ax.plot(px, py, "s--", color="tab:purple", lw=1.5, ms=3, label="online linear probe")
+    if summary["random_knn"] is not None:
+        ax.axhline(summary["random_knn"], color="tab:red", ls=":", lw=1.5,
+                   label=f"random-init encoder ({summary['random_knn']:.1f}%)")
+    if summary["raw_pixel_knn"] is not None:
+        ax.axhline(summary["raw_pixel_knn"], color="0.4", ls="-.", lw=1.2,
+                   label=f"raw pixels ({summary['raw_pixel_knn']:.1f}%)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(f"Evaluation - {run.name} ({run.method})")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    return _save(fig, path)
+
+
+def _spectra_panel(fig, ax, spectra: list[tuple[float, list[float]]], title: str) -> None:
+    import matplotlib
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    if len(spectra) > _MAX_SPECTRA:
+        idx = sorted({round(i * (len(spectra) - 1) / (_MAX_SPECTRA - 1)) for i in range(_MAX_SPECTRA)})
+        spectra = [spectra[i] for i in idx]
+    steps = [s for s, _ in spectra]
+    norm = Normalize(vmin=min(steps), vmax=max(steps) if max(steps) > min(steps) else min(steps) + 1)
+    cmap = matplotlib.colormaps["viridis"]
+    for step, vals in spectra:
+        ys = [max(v, _SPECTRUM_FLOOR) for v in vals]
+        ax.plot(range(1, len(ys) + 1), ys, color=cmap(norm(step)), lw=1.3)
+    ax.set_yscale("log")
+    ax.set_xlabel("eigenvalue index (descending)")
+    ax.set_ylabel(f"eigenvalue (log scale, floor {_SPECTRUM_FLOOR:g})")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="major")
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="training step")
+
+
+def plot_spectrum(run: RunData, path: Path) -> Path | None:
+    """Eigen-spectra over time (batch feature correlation; the method's own F when logged). None without data."""
+    panels = [(key, title) for key, title in (
+        ("diag/spectrum", "Feature correlation spectrum  F = U^T U / N"),
+        ("diag/F_spectrum", "Spectrum of the method's moving-average F"),
+    ) if run.lists(key)]
+    if not panels:
+        return None
+    fig, axes = _figure(len(panels))
+    for ax, (key, title) in zip(axes, panels):
+        _spectra_panel(fig, ax, run.lists(key), title)
+    fig.suptitle(f"Eigen-spectra over training - {run.name} ({run.method})")
+    return _save(fig, path)
+
+
+def plot_gradients(run: RunData, path: Path) -> Path | None:
+    """Positive/negative gradient norms, effective lambda and cosine to the unified form. None without data."""
+    px, py = run.series("grad/pos_norm")
+    nx, ny = run.series("grad/neg_norm")
+    tx, ty = run.series("grad/true_norm")
+    lx, ly = run.series("grad/lambda_eff")
+    l0x, l0y = run.series("grad/lambda")
+    cx, cy = run.series("grad/cos_unified")
+    if not (px or nx or lx or cx):
+        return None
+    fig, (a1, a2, a3) = _figure(3, width=5.0)
+    if tx:
+        a1.plot(tx, ty, color="k", lw=1.5, label="true gradient ||g||")
+    if px:
+        a1.plot(px, py, color="tab:blue", lw=1.5, label="positive part ||u2^m||-term")
+    if nx:
+        a1.plot(nx, ny, color="tab:red", lw=1.5, label="negative part ||lambda sum s_v v||")
+    a1.set_yscale("log")
+    a1.set_xlabel("step")
+    a1.set_ylabel("mean per-sample norm (log)")
+    a1.set_title("Gradient parts")
+    a1.grid(alpha=0.3)
+    a1.legend(fontsize=8)
+    if lx:
+        a2.plot(lx, ly, color="tab:purple", lw=1.5, label="effective lambda (least squares)")
+    if l0x:
+        a2.plot(l0x, l0y, color="0.4", ls="--", lw=1.2, label="nominal lambda of the unified form")
+    a2.set_xlabel("step")
+    a2.set_ylabel("lambda")
+    a2.set_title("Balance coefficient lambda")
+    a2.grid(alpha=0.3)
+    if lx or l0x:
+        a2.legend(fontsize=8)
+    if cx:
+        a3.plot(cx, cy, color="tab:green", lw=1.5, label="cos(true, unified form)")
+        a3.axhline(1.0, color="0.5", ls=":", lw=1)
+        a3.legend(fontsize=8, loc="best")
+    a3.set_xlabel("step")
+    a3.set_ylabel("cosine similarity")
+    a3.set_title("True gradient vs unified form")
+    a3.grid(alpha=0.3)
+    fig.suptitle(f"Gradient decomposition - {run.name} ({run.method})")
+    return _save(fig, path)
+
+
+def plot_rank(run: RunData, path: Path) -> Path | None:
+    """Effective rank (with the width and the collapse threshold) and spread/alignment measures. None without data."""
+    rx, ry = run.series("diag/eff_rank")
+    sx, sy = run.series("diag/std_ratio")
+    ax_, ay = run.series("diag/pred_align")
+    tx, ty = run.series("diag/spec_top1_frac")
+    if not (rx or sx or ax_):
+        return None
+    from .diagnostics import CollapseDetector
+
+    fig, (a1, a2) = _figure(2, width=5.6)
+    if rx:
+        a1.plot(rx, ry, "o-", color="tab:blue", lw=1.5, ms=3, label="effective rank (RankMe)")
+    width = _last(run, "diag/width")
+    if width:
+        a1.axhline(width, color="0.4", ls="--", lw=1, label=f"width D = {int(width)}")
+        thr = CollapseDetector(int(width)).dim_rank_frac * width
+        a1.axhline(thr, color="tab:red", ls=":", lw=1.2, label=f"dimensional-collapse threshold ({thr:.1f})")
+    for i, e in enumerate(collapse_events(run)):
+        if _is_num(e["first_step"]) and _is_num(e["last_step"]):
+            lo, hi = float(e["first_step"]), float(e["last_step"])
+            for a in (a1, a2):
+                a.axvspan(lo, hi if hi > lo else lo + 1e-9, color="tab:red", alpha=0.08,
+                          label=f"{e['kind']} collapse detected" if (i == 0 and a is a1) else None)
+    a1.set_yscale("log")
+    a1.set_xlabel("step")
+    a1.set_ylabel("effective rank (log)")
+    a1.set_title("Effective rank of normalized features")
+    a1.grid(alpha=0.3, which="both")
+    a1.legend(fontsize=8)
+    if sx:
+        a2.plot(sx, sy, color="tab:orange", lw=1.5, label="per-dim std x sqrt(D)  (1 = uniform)")
+    if tx:
+        a2.plot(tx, ty, color="tab:brown", lw=1.2, ls="--", label="top eigenvalue / trace of F")
+    if ax_:
+        a2.plot(ax_, ay, color="tab:cyan", lw=1.5, label="predictor / F eigenspace alignment")
+    a2.set_ylim(bottom=0)
+    a2.set_xlabel("step")
+    a2.set_ylabel("value")
+    a2.set_title("Spread and alignment")
+    a2.grid(alpha=0.3)
+    a2.legend(fontsize=8)
+    fig.suptitle(f"Feature rank and collapse indicators - {run.name} ({run.method})")
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------
+# HTML
+
+
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;color:#222}
+h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:.9em;text-align:left}
+th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
+img{max-width:100%;border:1px solid #eee;margin:.4em 0}.note{color:#666;font-size:.9em}
+.warn{color:#a40000}
+"""
+
+
+def _img_tag(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[Any]], raw: bool = False) -> str:
+    """An HTML table; numbers are formatted by :func:`_fmt` unless ``raw`` (then ``str``)."""
+    out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
+    for row in rows:
+        cells = []
+        for v in row:
+            cls = ' class="num"' if _is_num(v) else ""
+            text = ("null" if v is None else str(v)) if raw else _fmt(v)
+            cells.append(f"<td{cls}>{html.escape(text)}</td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+_SUMMARY_ROWS = [
+    ("method", "method"),
+    ("steps", "steps"),
+    ("final_knn", "final kNN top-1 (%)"),
+    ("best_knn", "best kNN top-1 (%)"),
+    ("random_knn", "random-init encoder kNN (%)"),
+    ("raw_pixel_knn", "raw-pixel kNN (%)"),
+    ("online_probe", "online linear probe (%)"),
+    ("final_loss", "final loss"),
+    ("images_per_s", "images/s (median)"),
+    ("final_eff_rank", "final effective rank"),
+    ("width", "feature width D"),
+    ("final_std_ratio", "final per-dim std x sqrt(D)"),
+    ("final_pred_align", "final predictor/F alignment"),
+    ("final_lambda_eff", "final effective lambda"),
+    ("final_cos_unified", "final cos(true, unified)"),
+    ("collapse", "collapse"),
+]
+
+
+def _page(title: str, body: list[str]) -> str:
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def analyze_run(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Write the plots and ``report.html`` of one run; returns the path of ``report.html``.
+
+    ``out_dir`` defaults to ``run_dir/report``. Always writes ``loss.png`` and ``knn.png`` (a
+    "no data" panel when the records lack them); ``spectrum.png``, ``gradients.png`` and
+    ``rank.png`` only when the run logged the diagnostics they need.
+    """
+    run = load_run(run_dir)
+    out = Path(out_dir) if out_dir is not None else run.run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    summary = run_summary(run)
+    plots: list[tuple[str, Path | None, str]] = [
+        ("Loss", plot_loss(run, out / "loss.png"), ""),
+        ("kNN accuracy", plot_knn(run, out / "knn.png"), ""),
+        ("Eigen-spectrum", plot_spectrum(run, out / "spectrum.png"),
+         "no diag/spectrum records: log diagnostics.diag_record(...) to see the spectrum"),
+        ("Effective rank and collapse", plot_rank(run, out / "rank.png"),
+         "no diag/* records: log diagnostics.diag_record(...) to see rank and spread"),
+        ("Gradient decomposition", plot_gradients(run, out / "gradients.png"),
+         "no grad/* records: log diagnostics.grad_record(...) to see the gradient decomposition"),
+    ]
+    events = collapse_events(run)
+    body = [f"<h1>siamgrad run report: {html.escape(run.name)}</h1>",
+            f"<p class=\"note\">folder: {html.escape(str(run.run_dir))} &middot; {len(run.records)} metric records</p>",
+            "<h2>Final numbers</h2>",
+            _table(["quantity", "value"], [(label, summary[k]) for k, label in _SUMMARY_ROWS]),
+            "<h2>Collapse events</h2>"]
+    if events:
+        body.append(_table(["kind", "first step", "last step", "detail"],
+                           [(e["kind"], e["first_step"], e["last_step"], e["message"]) for e in events]))
+    else:
+        has_diag = any(k.startswith("diag/") for r in run.records for k in r)
+        body.append("<p>none detected</p>" if has_diag else
+                    "<p class=\"note\">no feature diagnostics recorded, collapse not checked</p>")
+    for title, path, missing in plots:
+        body.append(f"<h2>{html.escape(title)}</h2>")
+        body.append(_img_tag(path, title) if path is not None else f"<p class=\"note\">{html.escape(missing)}</p>")
+    body.append("<h2>Configuration</h2>")
+    if run.config:
+        body.append(_table(["key", "value"], _flatten(run.config), raw=True))
+    else:
+        body.append("<p class=\"note\">no config.yaml in the run folder</p>")
+    report = out / "report.html"
+    report.write_text(_page(f"siamgrad report: {run.name}", body))
+    return report
+
+
+# --------------------------------------------------------------------------------------------
+# comparing runs
+
+
+def _labels(runs: list[RunData]) -> list[str]:
+    names = [r.name for r in runs]
+    return [f"{r.name} ({r.method})" if r.method != "?" and r.method not in r.name else r.name for r in runs] \
+        if len(set(names)) == len(names) else [f"{r.run_dir} ({r.method})" for r in runs]
+
+
+def _compare_plot(runs: list[RunData], labels: list[str], key: str, path: Path, title: str, ylabel: str,
+                  x: str, smooth: bool = False, log: bool = False, marker: str = "") -> Path:
+    import matplotlib
+
+    fig, (ax,) = _figure(width=7.2, height=4.6)
+    colors = matplotlib.colormaps["tab10"]
+    drawn = 0
+    for i, (run, label) in enumerate(zip(runs, labels)):
+        xs, ys = run.series(key, x=x)
+        if not xs:
+            continue
+        if smooth and len(ys) > 20:
+            ax.plot(xs, ys, color=colors(i % 10), alpha=0.2, lw=1)
+            ys = _smooth(ys, len(ys) // 20)
+        ax.plot(xs, ys, marker + "-", color=colors(i % 10), lw=1.8, ms=4, label=label)
+        drawn += 1
+    if not drawn:
+        _empty(ax, title, f"no '{key}' records in any run")
+        return _save(fig, path)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel(x)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+_COMPARE_COLUMNS = [("method", "method"), ("final_knn", "final kNN (%)"), ("best_knn", "best kNN (%)"),
+                    ("random_knn", "random-init kNN (%)"), ("final_eff_rank", "final eff. rank"),
+                    ("collapse", "collapse")]
+
+
+def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
+    """Put several runs on the same plots and tabulate them; returns the path of ``compare.html``.
+
+    Writes ``compare_loss.png``, ``compare_knn.png``, ``compare_rank.png``, ``compare.html``
+    (images embedded) and ``compare.md`` (images linked, table in Markdown) into ``out_dir``.
+    The x axis is the epoch when every run's records carry one (runs with different batch sizes
+    line up), the step otherwise.
+    """
+    if not run_dirs:
+        raise SiamgradError("compare needs at least one run folder; pass run folders written by `siamgrad train`")
+    runs = [load_run(d) for d in run_dirs]
+    labels = _labels(runs)
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    x = "epoch" if all(all(_is_num(r.get("epoch")) for r in run.records if "loss" in r) for run in runs) else "step"
+    pngs = [
+        ("Loss", _compare_plot(runs, labels, "loss", out / "compare_loss.png", "Training loss (EMA-smoothed)",
+                               "loss", x, smooth=True)),
+        ("kNN accuracy", _compare_plot(runs, labels, "knn_acc", out / "compare_knn.png", "kNN top-1 accuracy",
+                                       "top-1 accuracy (%)", x, marker="o")),
+        ("Effective rank", _compare_plot(runs, labels, "diag/eff_rank", out / "compare_rank.png",
+                                         "Effective rank of normalized features (RankMe)", "effective rank (log)",
+                                         x, log=True, marker=".")),
+    ]
+    summaries = [run_summary(r) for r in runs]
+    header = ["run"] + [label for _, label in _COMPARE_COLUMNS]
+    rows = [[lab] + [s[k] for k, _ in _COMPARE_COLUMNS] for lab, s in zip(labels, summaries)]
+    body = [f"<h1>siamgrad comparison of {len(runs)} runs</h1>", "<h2>Summary</h2>", _table(header, rows)]
+    for title, path in pngs:
+        body += [f"<h2>{html.escape(title)}</h2>", _img_tag(path, title)]
+    page = out / "compare.html"
+    page.write_text(_page("siamgrad comparison", body))
+
+    def md_cell(v: Any) -> str:
+        return _fmt(v).replace("|", "\\|")
+
+    md = ["# siamgrad comparison", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(md_cell(v) for v in row) + " |" for row in rows]
+    for title, path in pngs:
+        md += ["", f"## {title}", "", f"![{title}]({path.name})"]
+    (out / "compare.md").write_text("\n".join(md) + "\n")
+    return page
