@@ -132,9 +132,12 @@ def linear_probe(
     return LinearProbeResult(tr, te, clf)
 
 
-def raw_pixel_features(images: torch.Tensor) -> torch.Tensor:
-    """Flattened pixels in [0, 1]: the raw-pixel kNN baseline (cosine similarity on them)."""
-    return images.float().flatten(1) / 255.0
+def raw_pixel_features(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """The raw-pixel kNN baseline: the encoder's own input (pixels in [0, 1] normalized with the
+    per-channel ``mean``/``std``), flattened."""
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return ((images.float() / 255.0 - m) / s).flatten(1)
 
 
 def load_backbone(checkpoint: str, device: str = "cpu") -> tuple[nn.Module, dict]:

@@ -313,7 +313,7 @@ class Trainer:
         if self.knn_train is None:
             return
         e = self.cfg.eval
-        raw = lambda ds: raw_pixel_features(ds.images)  # noqa: E731
+        raw = lambda ds: raw_pixel_features(ds.images, self.mean, self.std)  # noqa: E731
         self.baselines["raw_pixel_knn"] = knn_accuracy(
             raw(self.knn_train), self.knn_train.labels, raw(self.knn_test), self.knn_test.labels,
             k=e.knn_k, temperature=e.knn_t, num_classes=len(self.knn_train.classes))
@@ -407,7 +407,7 @@ class Trainer:
             self.probe_opt.zero_grad(set_to_none=True)
             probe_loss.backward()
             self.probe_opt.step()
-            logs["probe_loss"] = float(probe_loss)
+            logs["probe_loss"] = float(probe_loss.detach())
             logs["probe_batch_acc"] = 100.0 * float((logits.argmax(1) == labels).float().mean())
         return loss_value, logs
 
