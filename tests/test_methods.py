@@ -285,3 +285,18 @@ def test_feature_queue_keeps_last_keys_when_batch_exceeds_queue() -> None:
     # the last 4 keys land at 3, 0, 1, 2 and the pointer advances by 4 (mod 4)
     torch.testing.assert_close(q.queue[[3, 0, 1, 2]], keys[2:])
     assert int(q.ptr) == 3
+
+
+def test_moco_gradient_form_at_lam_one_equals_original_infonce() -> None:
+    # With the queue and momentum keys detached, the gradient form's g (lam = 1) is InfoNCE's gradient:
+    # both forms must give the same loss value and the same parameter gradients.
+    results = {}
+    for form in ("original", "gradient"):
+        method = make("moco", seed=0, form=form, queue_size=64).double()
+        views = [v.double() for v in fixed_views(2)]
+        loss, _ = method.training_step(views)
+        loss.backward()
+        results[form] = (loss.item(), [p.grad for p in method.parameters() if p.grad is not None])
+    assert results["original"][0] == pytest.approx(results["gradient"][0], rel=1e-12)
+    for a, b in zip(results["original"][1], results["gradient"][1]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)

@@ -260,3 +260,66 @@ def test_correlation_ema_matches_direct_recomputation() -> None:
         expected = fb if expected is None else 0.9 * expected + 0.1 * fb
         np.testing.assert_allclose(ema.F.numpy(), expected, rtol=1e-12)
     assert int(ema.updates) == 5
+
+
+@pytest.mark.parametrize("target", ["stopgrad", "momentum", "momentum_positive"])
+def test_unigrad_method_F_matches_moving_average_recomputation(target: str) -> None:
+    # F <- rho F + (1 - rho) (1/M) sum_a U_a^T U_a / N over the l2-normalized features of the
+    # negative-source branch (target features; online ones for momentum_positive); first step F_batch.
+    from torch import nn
+
+    from siamgrad import methods
+
+    torch.manual_seed(0)
+    method = methods.build(
+        "unigrad", nn.Sequential(nn.Flatten(), nn.Linear(48, 12)), 12,
+        proj_hidden_dim=16, proj_output_dim=6, rho=0.8, target=target,
+    ).double()
+    opt = torch.optim.SGD(method.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(1)
+    F_expected = None
+    for step in range(4):
+        views = [torch.randn(10, 3, 4, 4, generator=g, dtype=torch.float64) for _ in range(3)]
+        with torch.no_grad():
+            b = method.branches(views)
+            source = b.online if target == "momentum_positive" else b.positive
+            us = [_normalize(z.numpy()) for z in source]
+            online = [_normalize(z.numpy()) for z in b.online]
+            positive = [_normalize(z.numpy()) for z in b.positive]
+        fb = sum(u.T @ u for u in us) / (3 * 10)
+        F_expected = fb if F_expected is None else 0.8 * F_expected + 0.2 * fb
+        loss, _ = method.training_step(views)
+        np.testing.assert_allclose(method.state.F.numpy(), F_expected, rtol=1e-10, atol=1e-14)
+        # the loss: mean over the 6 ordered view pairs of E[-cos(u_a, u_b^m) + (lam/2) u_a^T F u_a]
+        pairs = [(a, c) for a in range(3) for c in range(3) if a != c]
+        value = np.mean(
+            [np.mean(-np.sum(online[a] * positive[c], 1) + 50.0 * np.einsum("ij,jk,ik->i", online[a], F_expected, online[a])) for a, c in pairs]
+        )
+        assert loss.item() == pytest.approx(value, rel=1e-10)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        method.on_step_end(step, 4)
+    assert int(method.state.updates) == 4
+
+
+def test_unigrad_original_and_gradient_forms_give_identical_parameter_gradients() -> None:
+    from torch import nn
+
+    from siamgrad import methods
+
+    grads = {}
+    for form in ("original", "gradient"):
+        torch.manual_seed(0)
+        method = methods.build(
+            "unigrad", nn.Sequential(nn.Flatten(), nn.Linear(48, 12)), 12, proj_hidden_dim=16, proj_output_dim=6, form=form
+        ).double()
+        g = torch.Generator().manual_seed(2)
+        views = [torch.randn(8, 3, 4, 4, generator=g, dtype=torch.float64) for _ in range(2)]
+        loss, _ = method.training_step(views)
+        loss.backward()
+        grads[form] = [p.grad.clone() for p in method.parameters() if p.grad is not None]
+        grads[form + "_loss"] = loss.item()
+    assert grads["original_loss"] == pytest.approx(grads["gradient_loss"], rel=1e-12)
+    for a, b in zip(grads["original"], grads["gradient"]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)

@@ -42,6 +42,7 @@ __all__ = [
     "gradient_form_loss",
     "unified_gradient",
     "l2n",
+    "upcast",
     "float32",
     "ordered_pairs",
     "unordered_pairs",
@@ -96,6 +97,11 @@ def l2n(x: Tensor) -> Tensor:
     return F.normalize(x, dim=-1)
 
 
+def upcast(x: Tensor) -> Tensor:
+    """``x`` in float32 when it is a half-precision tensor (bf16/fp16 under autocast), else unchanged."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 @contextlib.contextmanager
 def float32(device: torch.device | str) -> Iterator[None]:
     """Disable autocast inside the block so the objectives compute in float32 (cast inputs with ``.float()``)."""
@@ -124,7 +130,8 @@ def batch_correlation(features: list[Tensor]) -> Tensor:
     ``Z_a`` are [n, D] local batches (same ``n`` on every rank); the per-rank means are averaged
     over processes, which equals the mean over the global batch.
     """
-    local = sum(z.detach().float().T @ z.detach().float() for z in features) / (len(features) * features[0].shape[0])
+    zs = [upcast(z.detach()) for z in features]
+    local = sum(z.T @ z for z in zs) / (len(zs) * zs[0].shape[0])
     return D.all_reduce_mean(local)
 
 

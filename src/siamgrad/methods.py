@@ -62,6 +62,7 @@ from siamgrad.gradient import (
     gradient_form_loss,
     l2n,
     ordered_pairs,
+    upcast,
 )
 from siamgrad.heads import HeadSpec, mlp
 from siamgrad.objectives import asymmetric as asym
@@ -727,15 +728,15 @@ class SiameseMethod(nn.Module):
             assert self.momentum_backbone is not None and self.momentum_projector is not None
             with torch.no_grad():
                 zm = self.momentum_projector(self.momentum_backbone(x))
-        online = list(z.float().split(n))
-        predicted = list(p.float().split(n)) if p is not None else online
+        online = list(upcast(z).split(n))
+        predicted = list(upcast(p).split(n)) if p is not None else online
         if self.target == "none":
             positive = negative = online
         elif self.target == "stopgrad":
             positive = negative = [t.detach() for t in online]
         else:
             assert zm is not None
-            positive = list(zm.float().split(n))
+            positive = list(upcast(zm).split(n))
             negative = positive if self.target == "momentum" else [t.detach() for t in online]
         return Branches(online=online, predicted=predicted, positive=positive, negative=negative)
 
