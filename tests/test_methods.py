@@ -300,3 +300,53 @@ def test_moco_gradient_form_at_lam_one_equals_original_infonce() -> None:
     assert results["original"][0] == pytest.approx(results["gradient"][0], rel=1e-12)
     for a, b in zip(results["original"][1], results["gradient"][1]):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------ view pairs
+
+
+def test_simclr_three_views_is_mean_of_pairwise_nt_xent() -> None:
+    from siamgrad.objectives.contrastive import nt_xent_loss
+
+    method = make("simclr", temperature=0.5)
+    views = fixed_views(3)
+    loss, _ = method.training_step(views)
+    with torch.no_grad():
+        z = method.branches(views).online
+    expected = np.mean([nt_xent_loss(z[a], z[b], 0.5).item() for a, b in [(0, 1), (0, 2), (1, 2)]])
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_byol_is_sum_of_both_directions() -> None:
+    from siamgrad.objectives.asymmetric import byol_loss
+
+    method = make("byol")
+    views = fixed_views(2)
+    loss, _ = method.training_step(views)
+    with torch.no_grad():
+        b = method.branches(views)
+        p = method.predictor(torch.cat(b.online)).split(16)  # one predictor pass over both views
+    expected = byol_loss(p[0], b.positive[1]) + byol_loss(p[1], b.positive[0])
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+# ------------------------------------------------------------------------------------ describe
+
+
+def test_describe_rows_and_table() -> None:
+    rows = methods.describe()
+    assert [r["name"] for r in rows] == NAMES
+    required = ["name", "family", "positive term", "negative set", "negative weights", "balance coefficient (lambda)", "defaults"]
+    for row in rows:
+        assert all(isinstance(row[k], str) and row[k] for k in required)
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["unigrad"]["family"] == "unigrad" and "lam=100.0" in by_name["unigrad"]["defaults"]
+    assert by_name["moco"]["family"] == "contrastive" and "queue" in by_name["moco"]["negative set"]
+    assert by_name["barlow_twins"]["family"] == "decorrelation" and "lambd=0.0051" in by_name["barlow_twins"]["defaults"]
+    assert {by_name[n]["family"] for n in ("byol", "simsiam", "directpred")} == {"asymmetric"}
+    table = methods.format_table(rows)
+    lines = table.splitlines()
+    for row in rows:
+        assert any(line.startswith("name") and line.rstrip().endswith(row["name"]) for line in lines)
+    assert sum(1 for line in lines if line.startswith("family")) == len(NAMES)
+    assert methods.format_table([]) == ""

@@ -40,7 +40,16 @@ Barlow Twins (M >= 3) and VICReg have genuine multi-view losses (see
 :mod:`siamgrad.objectives.decorrelation`); every other loss and every gradient form is averaged
 over the M(M-1) *ordered* view pairs (anchor a, target b) -- for symmetric losses with
 ``target="none"`` this equals the average over unordered pairs. BYOL and DirectPred keep the
-paper's *sum* of the two directions (2 x the ordered-pair mean).
+paper's *sum* of the two directions (2 x the ordered-pair mean). MoCo enqueues the
+negative-source keys of the first view each step (after the optimizer step).
+
+Loss values of gradient forms: the returned loss has the gradient of the surrogate
+``mean_i <g_i, u_i>`` and, as its value, the potential whose gradient is ``g`` with the
+stop-gradient quantities held fixed (e.g. UniGrad's own loss, InfoNCE for the contrastive forms);
+see :func:`siamgrad.gradient.gradient_form_loss`. Logs: ``loss``, ``pos_sim`` (mean cosine of
+online and positive features over the view pairs), ``lambda`` for gradient forms (the mean
+per-sample value for the adaptive asymmetric form), loss parts, and ``momentum`` (the last EMA
+coefficient) for momentum targets.
 """
 
 from __future__ import annotations
@@ -752,7 +761,9 @@ class SiameseMethod(nn.Module):
                     [(l2n(b.online[a].detach()) * l2n(b.positive[c].detach())).sum(1).mean() for a, c in pairs]
                 ).mean()
         logs = {"loss": loss.detach(), **logs, "pos_sim": pos_sim}
-        out = dict(zip(logs, torch.stack([v.detach().float().reshape(()).cpu() for v in logs.values()]).tolist()))
+        device = loss.device
+        values = [torch.as_tensor(v).detach().to(device=device, dtype=torch.float32).reshape(()) for v in logs.values()]
+        out = dict(zip(logs, torch.stack(values).tolist()))  # one host-device sync for all logs
         if self.target in MOMENTUM_TARGETS:
             out["momentum"] = self.last_momentum
         return loss, out
