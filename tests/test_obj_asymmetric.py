@@ -206,3 +206,18 @@ def test_asymmetric_gradient_form_is_exact_directpred_gradient_without_eps() -> 
     loss = -(l2n(u @ Wp.T) * l2n(torch.tensor(t))).sum()
     loss.backward()
     _close(g, u.grad.numpy(), rtol=1e-7)
+
+
+@pytest.mark.parametrize("n,d", SIZES)
+def test_directpred_loss_gradient_through_the_set_predictor(n: int, d: int) -> None:
+    # l = mean_i (2 - 2 cos(W f_i, z_i)), W fixed (set from F_hat, not trained):
+    # dl/df = W^T [(I - p p^T) (-2 zhat / N) / ||W f||] with p = W f / ||W f||.
+    rng = np.random.default_rng(5 * n + d)
+    f, z = rng.normal(size=(n, d)), rng.normal(size=(n, d))
+    W = asym.directpred_weight(torch.tensor(_psd(rng, d)), eps=0.01)
+    tf = _t(f)
+    loss = asym.byol_loss(tf @ W.T, _t(z))
+    loss.backward()
+    Wn = W.numpy()
+    expected = _through_normalization(f @ Wn.T, -2 * _normalize(z) / n) @ Wn
+    _close(tf.grad, expected)
