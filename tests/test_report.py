@@ -69,8 +69,10 @@ def write_run(root: Path, name: str, *, method: str, collapse: bool, diagnostics
     return d
 
 
-def check_png(path: Path, min_bytes: int = 5000) -> tuple[int, int]:
-    """A real, non-blank PNG: signature, IHDR size, decodes, and many distinct colors."""
+def check_png(path: Path, min_bytes: int = 5000, min_colored: int = 200) -> tuple[int, int]:
+    """A real, non-blank PNG: signature, IHDR size, decodes, many distinct colors, and (unless a
+    "no data" panel is expected, ``min_colored=0``) at least ``min_colored`` strongly colored pixels:
+    plotted lines are colored, axes and text are gray."""
     data = path.read_bytes()
     assert data[:8] == PNG_SIGNATURE, path
     assert data[12:16] == b"IHDR"
@@ -80,8 +82,11 @@ def check_png(path: Path, min_bytes: int = 5000) -> tuple[int, int]:
     with Image.open(path) as im:
         im.load()
         assert im.size == (w, h)
+        rgb = np.asarray(im.convert("RGB")).astype(int)
         colors = im.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colors is not None and len(colors) > 50  # text, lines, antialiasing: not a blank canvas
+    saturation = np.abs(rgb[..., 0] - rgb[..., 1]) + np.abs(rgb[..., 1] - rgb[..., 2]) + np.abs(rgb[..., 0] - rgb[..., 2])
+    assert int((saturation > 80).sum()) >= min_colored, f"{path.name}: no plotted data"
     return w, h
 
 
@@ -155,8 +160,8 @@ def test_sparse_records_do_not_crash(tmp_path):
     d.mkdir()
     (d / "metrics.jsonl").write_text('{"step": 0, "epoch": 0}\n{"step": 3, "diag/spectrum": [1.0, 0.0]}\nnot json\n')
     page = report.analyze_run(d, out_dir=tmp_path / "out").read_text()
-    check_png(tmp_path / "out" / "loss.png", min_bytes=2000)
-    check_png(tmp_path / "out" / "knn.png", min_bytes=2000)
+    check_png(tmp_path / "out" / "loss.png", min_bytes=2000, min_colored=0)  # "no data" panels
+    check_png(tmp_path / "out" / "knn.png", min_bytes=2000, min_colored=0)
     check_png(tmp_path / "out" / "spectrum.png")
     assert "no config.yaml" in page
 
@@ -193,6 +198,9 @@ def test_compare_two_runs(runs, tmp_path):
     assert page_path == out / "compare.html"
     for n in ("compare_loss.png", "compare_knn.png", "compare_rank.png"):
         check_png(out / n)
+    # diagnostic records carry no epoch: they are placed at step / steps_per_epoch (20 here)
+    xs, _ = report.load_run(runs["healthy"]).series("diag/eff_rank", x="epoch")
+    assert xs == [s / 20 for s in range(20, 201, 20)]
     page = page_path.read_text()
     assert len(embedded_images(page)) == 3
     md = (out / "compare.md").read_text()

@@ -19,15 +19,28 @@ Measures (each documented at its function):
 * :func:`predictor_alignment` -- alignment of a linear predictor's eigenspace with ``F``'s
   (DirectPred, Tian et al. 2021);
 * :func:`feature_stats` bundles them for logging; :class:`CollapseDetector` watches them.
+
+Gradient decomposition (:func:`decompose`, :func:`gradient_table`): a method's true gradient on a
+batch (autograd of its original loss) split into the unified form ``c(-u2^m + lam sum_v s_v v)``
+of :mod:`siamgrad.gradient`, with the effective ``lambda`` and the cosine between the true
+gradient and the method's gradient form. :func:`method_diagnostics` and :class:`TrainingMonitor`
+compute everything for a live method inside a training loop; the record keys are ``diag/*`` and
+``grad/*`` (read by :mod:`siamgrad.report`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 from torch import Tensor
+
+from .errors import ConfigError, SiamgradError
+from .gradient import CorrelationEMA, batch_correlation, float32, l2n
+from .objectives.asymmetric import DirectPredictor, directpred_weight
+from .objectives.contrastive import FeatureQueue
 
 __all__ = [
     "correlation_spectrum",
@@ -40,8 +53,15 @@ __all__ = [
     "feature_stats",
     "diag_record",
     "CollapseDetector",
+    "decompose",
+    "grad_record",
+    "gradient_table",
+    "method_diagnostics",
+    "method_gradient_table",
+    "TrainingMonitor",
     "DIAG_PREFIX",
     "GRAD_PREFIX",
+    "GRAD_KEYS",
 ]
 
 #: Prefix of the feature-statistic keys in ``metrics.jsonl`` records (``diag/eff_rank`` ...).
@@ -57,7 +77,7 @@ def _f64(x: Tensor) -> Tensor:
 
 def _rows(z: Tensor, name: str = "z") -> Tensor:
     if z.ndim != 2:
-        raise ValueError(f"{name} must be a [N, D] batch of features, got shape {tuple(z.shape)}")
+        raise SiamgradError(f"{name} must be a [N, D] batch of features, got shape {tuple(z.shape)}")
     return z
 
 
@@ -85,7 +105,7 @@ def correlation_spectrum(z: Tensor, *, normalize: bool = True) -> Tensor:
 def matrix_spectrum(f: Tensor) -> Tensor:
     """Eigenvalues (descending, float64, clamped at 0) of a symmetric PSD matrix such as UniGrad's ``F``."""
     if f.ndim != 2 or f.shape[0] != f.shape[1]:
-        raise ValueError(f"expected a square matrix, got shape {tuple(f.shape)}")
+        raise SiamgradError(f"expected a square matrix, got shape {tuple(f.shape)}")
     m = _f64(f)
     m = 0.5 * (m + m.T)
     return torch.linalg.eigvalsh(m).flip(0).clamp_min(0.0)
@@ -124,7 +144,7 @@ def alignment(u1: Tensor, u2: Tensor, alpha: float = 2.0) -> float:
     """
     a, b = _f64(_rows(u1, "u1")), _f64(_rows(u2, "u2"))
     if a.shape != b.shape:
-        raise ValueError(f"u1 and u2 must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise SiamgradError(f"u1 and u2 must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     return float((a - b).norm(dim=1).pow(alpha).mean())
 
 
@@ -139,7 +159,7 @@ def uniformity(u: Tensor, t: float = 2.0, max_samples: int = 2048) -> float:
     x = _f64(_rows(u, "u"))[:max_samples]
     n = x.shape[0]
     if n < 2:
-        raise ValueError("uniformity needs at least 2 samples")
+        raise SiamgradError("uniformity needs at least 2 samples")
     d2 = torch.pdist(x).pow(2)
     return float(torch.logsumexp(-t * d2, dim=0) - math.log(d2.numel()))
 
@@ -155,7 +175,7 @@ def per_dim_std(z: Tensor, *, normalize: bool = True) -> Tensor:
     if normalize:
         u = _normalize(u)
     if u.shape[0] < 2:
-        raise ValueError("per_dim_std needs at least 2 samples")
+        raise SiamgradError("per_dim_std needs at least 2 samples")
     return u.std(dim=0, unbiased=True)
 
 
@@ -185,7 +205,7 @@ def predictor_alignment(wp: Tensor, f: Tensor, k: int | None = None, rel_tol: fl
     """
     w, m = _f64(wp), _f64(f)
     if w.ndim != 2 or w.shape[0] != w.shape[1] or w.shape != m.shape:
-        raise ValueError(f"wp and f must be square matrices of the same shape, got {tuple(w.shape)} and {tuple(m.shape)}")
+        raise SiamgradError(f"wp and f must be square matrices of the same shape, got {tuple(w.shape)} and {tuple(m.shape)}")
     s, vecs = torch.linalg.eigh(0.5 * (m + m.T))
     s, vecs = s.flip(0), vecs.flip(1)
     if k is None:
@@ -227,7 +247,7 @@ def feature_stats(z1: Tensor, z2: Tensor | None = None, *, spectrum: bool = Fals
     if z2 is not None:
         u2 = _normalize(_f64(_rows(z2, "z2")))
         if u2.shape != u1.shape:
-            raise ValueError(f"z1 and z2 must have the same shape, got {tuple(u1.shape)} and {tuple(u2.shape)}")
+            raise SiamgradError(f"z1 and z2 must have the same shape, got {tuple(u1.shape)} and {tuple(u2.shape)}")
         u = torch.cat([u1, u2], dim=0)
     n, d = u.shape
     out["width"] = d
@@ -291,7 +311,7 @@ class CollapseDetector:
 
     def __init__(self, width: int, complete_std: float = 1e-4, dim_rank_frac: float = 0.05, patience: int = 3) -> None:
         if width < 1 or patience < 1:
-            raise ValueError("width and patience must be >= 1")
+            raise SiamgradError("width and patience must be >= 1")
         self.width = int(width)
         self.complete_std = float(complete_std)
         self.dim_rank_frac = float(dim_rank_frac)
@@ -328,3 +348,393 @@ class CollapseDetector:
             self.events.append((step, "dimensional", msg))
             return msg
         return None
+
+
+# --------------------------------------------------------------------------------------------
+# gradient decomposition
+
+
+_TARGET_CHOICES = ("none", "stopgrad", "momentum", "momentum_positive")
+
+
+def _method_spec(name: str):
+    from . import methods
+
+    if name not in methods.REGISTRY:
+        raise ConfigError(f"unknown method {name!r}; choose one of: {', '.join(methods.available())}")
+    return methods.REGISTRY[name]
+
+
+def _form_params(name: str, form: str, target: str, options: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """Resolved options (plus derived ones) of ``name`` in ``form``; ``target`` if that form allows it, else its default."""
+    from . import methods
+
+    spec = _method_spec(name)
+    allowed = spec.targets[form]
+    opts = {k: v for k, v in options.items() if k not in ("form", "target")}
+    resolved = methods.resolve_options(name, form=form, target=target if target in allowed else "auto", **opts)
+    return {**resolved, **spec.derived(resolved)}, resolved["target"]
+
+
+def _fresh_state(spec, params: dict[str, Any], dim: int, form: str, F: Tensor | None, queue: Tensor | None,
+                 default_queue: Tensor) -> Any:
+    """The method's state for one evaluation, built by its own ``make_state`` and pinned to the given F / queue."""
+    with torch.random.fork_rng(devices=[]):  # a queue's random init must not move the caller's RNG
+        st = spec.make_state({**params, "queue_size": 1} if "queue_size" in params else params, dim, form)
+    ema = st.ema if isinstance(st, DirectPredictor) else st if isinstance(st, CorrelationEMA) else None
+    if ema is not None and F is not None:
+        # rho = 1 and a non-zero update count: every update returns F unchanged
+        ema.F = F.detach().to(default_queue.dtype).clone()
+        ema.updates.fill_(1)
+        ema.rho = 1.0
+    if isinstance(st, FeatureQueue):
+        st.queue = l2n((queue if queue is not None else default_queue).detach().to(default_queue.dtype)).clone()
+    return st
+
+
+def _branches(target: str, z1: Tensor, z2: Tensor, z1_target: Tensor, z2_online: Tensor):
+    """Two-view :class:`siamgrad.methods.Branches` for ``target`` (``z1`` carries the gradient)."""
+    from .methods import Branches
+
+    online = [z1, z2_online]
+    if target == "none":
+        positive = negative = online
+    elif target == "stopgrad":
+        positive = negative = [z1.detach(), z2]
+    elif target == "momentum":
+        positive = negative = [z1_target, z2]
+    else:  # momentum_positive: momentum features in the positive term, negatives from the online branch
+        positive = [z1_target, z2]
+        negative = [z1.detach(), z2_online]
+    return Branches(online=online, predicted=online, positive=positive, negative=negative)
+
+
+def _grad_wrt(loss: Tensor, z1: Tensor) -> Tensor:
+    (g,) = torch.autograd.grad(loss, z1)
+    return g.detach() * z1.shape[0]
+
+
+def _row_norm_mean(x: Tensor) -> float:
+    return float(x.norm(dim=1).mean())
+
+
+def _cos(a: Tensor, b: Tensor) -> float:
+    na, nb = a.norm(), b.norm()
+    if not bool(na > 0) or not bool(nb > 0):
+        return float("nan")
+    return float((a * b).sum() / (na * nb))
+
+
+def decompose(
+    method: str,
+    z1: Tensor,
+    z2: Tensor,
+    *,
+    target: str = "stopgrad",
+    z1_target: Tensor | None = None,
+    z2_online: Tensor | None = None,
+    F: Tensor | None = None,
+    queue: Tensor | None = None,
+    predictor: Tensor | torch.nn.Module | None = None,
+    options: Mapping[str, Any] | None = None,
+    return_tensors: bool = False,
+) -> dict[str, Any]:
+    r"""Split a method's *true* gradient on one batch into the unified form and measure the fit.
+
+    Inputs: ``z1`` the online projector outputs of view 1 ``[N, D]`` (the features whose gradient is
+    measured), ``z2`` the target-branch features of view 2. Optional method state: ``z1_target``
+    (target-branch features of view 1, default ``z1``), ``z2_online`` (online features of view 2,
+    default ``z2``), ``F`` (the moving-average correlation matrix of UniGrad / the asymmetric
+    gradient forms / DirectPred's ``F_hat``; held fixed in both forms; default: each form's first
+    step, ``F = F_batch``), ``queue`` (MoCo's negatives ``[K, D]``; default: the batch's target
+    features of both views), ``predictor`` (BYOL/SimSiam: a matrix ``W_p`` or a module applied to the
+    online features; default: DirectPred's linear ``W_p`` of ``F`` with the method's ``eps``, as in
+    the paper's analysis), ``options`` (method options, e.g. ``temperature``, ``lam``).
+    ``target`` picks the target branch (``none``/``stopgrad``/``momentum``/``momentum_positive``);
+    a form that does not allow it uses its default (Barlow Twins' original loss: ``none``).
+
+    Gradients are taken w.r.t. the raw online features ``z1`` -- what backpropagates into the
+    projector -- and scaled by ``N`` (per-sample units). For losses on ``u1 = z1/||z1||`` this is
+    ``(I - u1 u1^T) g / ||z1||``: radial parts vanish. Computed (all with the method's own code):
+
+    * ``g_true``: autograd of the method's *original* loss (both views, as trained: e.g. SimCLR's
+      ``u1`` also acts as a negative and a positive for other anchors when ``target="none"``);
+    * ``g_uni``: autograd of its *gradient form* (surrogate loss), the unified form
+      ``c(-u2^m + lam sum_v s_v v)``;
+    * the parts ``P = g_form(lam=0)`` (positive) and ``Q = g_form(lam=1) - g_form(lam=0)``
+      (negative term at unit ``lam``), so ``g_uni = P + lam Q``;
+    * the least-squares fit ``g_true ~ a P + b Q`` over the whole batch; ``lambda_eff = b / a``.
+
+    Returns (floats): ``true_norm``, ``unified_norm`` (mean per-row norms of ``g_true``, ``g_uni``);
+    ``pos_norm`` = mean ``||a P_i||`` and ``neg_norm`` = mean ``||b Q_i||`` (the true gradient's
+    positive and negative parts); ``lambda`` (the form's nominal value; for the adaptive
+    asymmetric form the mean over view-1 samples of its per-sample value); ``lambda_eff``;
+    ``scale_eff`` (``a``: 1 when the true positive part equals the form's); ``cos_unified`` =
+    cos(g_true, g_uni) over the batch (the paper's equivalence claim, measured); ``cos_fit`` =
+    cos(g_true, aP + bQ) (>= ``cos_unified`` whenever ``lambda`` is one number, not per sample);
+    ``fit_residual`` = ``||g_true - aP - bQ|| / ||g_true||``. Also ``method``, ``target_true``,
+    ``target_unified``, ``n``. ``lambda_eff`` is NaN when the positive or the negative part
+    vanishes (identical views: ``u2 = u1`` is radial; an isotropic ``F``: ``F u1`` is radial).
+    ``return_tensors=True`` adds ``tensors``: ``{"true", "unified", "positive", "negative"}``
+    (``[N, D]``: ``g_true``, ``g_uni``, ``P``, ``Q``).
+
+    Multi-process: the objectives gather over processes, so call it on every process.
+    """
+    spec = _method_spec(method)
+    if target not in _TARGET_CHOICES:
+        raise ConfigError(f"target={target!r} is invalid; choose one of: {', '.join(_TARGET_CHOICES)}")
+    if z1.ndim != 2 or z1.shape != z2.shape or z1.shape[0] < 2:
+        raise SiamgradError(f"z1 and z2 must be [N, D] feature batches of the same shape with N >= 2; "
+                            f"got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    options = dict(options or {})
+    dtype = torch.float32
+    x1 = z1.detach().to(dtype).clone().requires_grad_(True)
+    t2 = z2.detach().to(dtype)
+    t1 = (z1_target if z1_target is not None else z1).detach().to(dtype)
+    o2 = (z2_online if z2_online is not None else z2).detach().to(dtype)
+    Fx = F.detach().to(device=x1.device, dtype=dtype) if F is not None else None
+    with float32(x1.device), torch.enable_grad():
+        return _decompose(spec, method, x1, t1, t2, o2, target, Fx, queue, predictor, options, return_tensors)
+
+
+def _decompose(spec, method: str, x1: Tensor, t1: Tensor, t2: Tensor, o2: Tensor, target: str, Fx: Tensor | None,
+               queue: Tensor | None, predictor: Any, options: dict[str, Any], return_tensors: bool) -> dict[str, Any]:
+    n, dim = x1.shape
+    dtype = x1.dtype
+    default_queue = torch.cat([t1, t2]).detach()
+
+    # --- the true gradient: the original loss
+    p_true, target_true = _form_params(method, "original", target, options)
+    b = _branches(target_true, x1, t2, t1, o2)
+    if spec.predictor is not None:
+        if predictor is None:
+            f_pred = Fx if Fx is not None else batch_correlation([l2n(v.detach()) for v in b.negative])
+            predictor = directpred_weight(f_pred, p_true["eps"])
+        if isinstance(predictor, Tensor):
+            w = predictor.detach().to(device=x1.device, dtype=dtype)
+            b.predicted = [z @ w.T for z in b.online]
+        else:
+            b.predicted = [predictor(z) for z in b.online]
+    state = _fresh_state(spec, p_true, dim, "original", Fx, queue, default_queue)
+    loss_true, _ = spec.original(b, p_true, state)
+    g_true = _grad_wrt(loss_true, x1)
+
+    # --- the unified form, and its positive / negative parts
+    p_uni, target_uni = _form_params(method, "gradient", target, options)
+
+    def form_grad(lam: Any) -> tuple[Tensor, dict]:
+        params = {**p_uni, "lam": lam}
+        bb = _branches(target_uni, x1, t2, t1, o2)
+        st = _fresh_state(spec, params, dim, "gradient", Fx, queue, default_queue)
+        loss, logs = spec.gradient(bb, params, st)
+        return _grad_wrt(loss, x1), logs
+
+    g_uni, _ = form_grad(p_uni["lam"])
+    g_pos, _ = form_grad(0.0)
+    g_one, _ = form_grad(1.0)
+    g_neg = g_one - g_pos
+    if isinstance(p_uni["lam"], (int, float)):
+        lam_nominal = float(p_uni["lam"])
+    else:  # a per-sample lambda ("auto"): recover lambda_i from g_uni = P + lambda_i Q, row by row
+        qq = (g_neg * g_neg).sum(dim=1)
+        ok = qq > 1e-12 * qq.max().clamp_min(1e-30)
+        lam_i = ((g_uni - g_pos) * g_neg).sum(dim=1)[ok] / qq[ok]
+        lam_nominal = float(lam_i.mean()) if lam_i.numel() else float("nan")
+
+    # --- least-squares fit  g_true ~ a P + b Q  (float64, on the CPU)
+    y = g_true.double().flatten().cpu()
+    X = torch.stack([g_pos.double().flatten(), g_neg.double().flatten()], dim=1).cpu()
+    col = X.norm(dim=0)
+    ref = max(float(y.norm()), float(col.max()), 1e-30)
+    usable = col > 1e-6 * ref  # a part that vanishes (e.g. radial) cannot be fitted
+    sol = torch.zeros(2, dtype=torch.float64)
+    if bool(usable.any()):
+        Xu = X[:, usable] / col[usable]
+        sol[usable] = torch.linalg.lstsq(Xu, y[:, None]).solution.squeeze(1) / col[usable]
+    a, bq = float(sol[0]), float(sol[1])
+    fit = X @ sol
+    pos_ok, neg_ok = bool(usable[0]), bool(usable[1])
+    lambda_eff = bq / a if pos_ok and neg_ok and a != 0 else float("nan")
+    ynorm = float(y.norm())
+    out: dict[str, Any] = {
+        "method": method,
+        "target_true": target_true,
+        "target_unified": target_uni,
+        "n": int(n),
+        "true_norm": _row_norm_mean(g_true),
+        "unified_norm": _row_norm_mean(g_uni),
+        "pos_norm": abs(a) * _row_norm_mean(g_pos),
+        "neg_norm": abs(bq) * _row_norm_mean(g_neg),
+        "lambda": lam_nominal,
+        "lambda_eff": lambda_eff,
+        "scale_eff": a if pos_ok else float("nan"),
+        "cos_unified": _cos(g_true.double(), g_uni.double()),
+        "cos_fit": _cos(y, fit),
+        "fit_residual": float((y - fit).norm()) / ynorm if ynorm > 0 else float("nan"),
+    }
+    if return_tensors:
+        out["tensors"] = {"true": g_true, "unified": g_uni, "positive": g_pos, "negative": g_neg}
+    return out
+
+
+#: The float keys of :func:`decompose` logged by :func:`grad_record` (as ``grad/<key>``).
+GRAD_KEYS = ("true_norm", "unified_norm", "pos_norm", "neg_norm", "lambda", "lambda_eff", "scale_eff",
+             "cos_unified", "cos_fit", "fit_residual")
+
+
+def grad_record(method: str, z1: Tensor, z2: Tensor, **kwargs: Any) -> dict[str, float]:
+    """:func:`decompose` as a metrics record: ``{"grad/<key>": float}`` for the keys of :data:`GRAD_KEYS`."""
+    d = decompose(method, z1, z2, **kwargs)
+    return {GRAD_PREFIX + k: float(d[k]) for k in GRAD_KEYS}
+
+
+def gradient_table(
+    z1: Tensor,
+    z2: Tensor,
+    methods: Iterable[str] | None = None,
+    *,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    **kwargs: Any,
+) -> str:
+    """A plain-text table of :func:`decompose` for several methods (default: all) on the same batch.
+
+    ``options`` maps a method name to its options; other keyword arguments (``target``, ``F``,
+    ``queue``, ``z1_target``, ``z2_online``, ``predictor``) go to every :func:`decompose` call.
+    """
+    from . import methods as registry
+
+    names = list(methods) if methods is not None else registry.available()
+    cols = [("method", "method", 13), ("target", "target_true", 10), ("form tgt", "target_unified", 10),
+            ("|g_true|", "true_norm", 10), ("|pos|", "pos_norm", 10), ("|neg|", "neg_norm", 10),
+            ("lambda", "lambda", 10), ("lambda_eff", "lambda_eff", 10), ("cos(uni)", "cos_unified", 9),
+            ("cos(fit)", "cos_fit", 9)]
+    head = " ".join(h.rjust(w) if i > 2 else h.ljust(w) for i, (h, _, w) in enumerate(cols))
+    lines = [head, "-" * len(head)]
+    for name in names:
+        d = decompose(name, z1, z2, options=(options or {}).get(name), **kwargs)
+        cells = []
+        for i, (_, key, w) in enumerate(cols):
+            v = d[key]
+            if isinstance(v, float):
+                text = "nan" if not math.isfinite(v) else (f"{v:.4f}" if key.startswith("cos") else f"{v:.4g}")
+                cells.append(text.rjust(w))
+            else:
+                cells.append(str(v).ljust(w))
+        lines.append(" ".join(cells))
+    lines.append(f"N={z1.shape[0]}, D={z1.shape[1]}; norms are mean per-sample norms of N x dL/dz1; "
+                 "pos/neg: the true gradient's least-squares parts a*P and b*Q; lambda_eff = b/a")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# diagnostics of a live method (what the trainer calls)
+
+
+@contextlib.contextmanager
+def _left_untouched(m: torch.nn.Module) -> Iterator[None]:
+    """Restore every batch-norm running statistic and ``last_features`` of ``m`` on exit."""
+    saved = [(b, b.detach().clone()) for mod in m.modules()
+             if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) for b in mod.buffers()]
+    last = getattr(m, "last_features", None)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, copy in saved:
+                buf.copy_(copy)
+        if hasattr(m, "last_features"):
+            m.last_features = last
+
+
+def _unwrap(method: torch.nn.Module, views: Any, who: str) -> torch.nn.Module:
+    m = getattr(method, "module", method)  # DistributedDataParallel and similar wrappers
+    if not hasattr(m, "branches") or not hasattr(m, "spec"):
+        raise SiamgradError(f"{who} needs a method built by siamgrad.methods.build")
+    if not isinstance(views, (list, tuple)) or len(views) < 2:
+        raise SiamgradError(f"{who} needs a list of at least 2 view batches [N, C, H, W]")
+    return m
+
+
+def method_diagnostics(method: torch.nn.Module, views: list[Tensor], *, gradients: bool = True,
+                       spectrum: bool = True) -> dict[str, Any]:
+    r"""Feature statistics (``diag/*``) and gradient decomposition (``grad/*``) of a live method on a batch.
+
+    ``method``: a :class:`siamgrad.methods.SiameseMethod` (or a wrapper with ``.module``, e.g.
+    DistributedDataParallel); ``views``: the augmented batches of a training step (views 0 and 1
+    are used). Runs one extra forward without gradients and leaves the method as it found it
+    (batch-norm running statistics and ``last_features`` restored; F matrices, queues untouched).
+
+    * ``diag/*``: :func:`diag_record` of the online projector outputs of the two views, with
+      ``diag/F_spectrum`` (the method's moving-average ``F`` or DirectPred's ``F_hat``, once it has
+      been updated) and ``diag/pred_align`` (DirectPred: its predictor vs ``F_hat``);
+    * ``grad/*``: :func:`grad_record` with the method's own target branch, options, ``F``, queue and
+      (BYOL/SimSiam) trained predictor.
+
+    Cost: a forward of two views plus a few objective evaluations on ``[N, D]`` features and an
+    SVD of ``[2N, D]`` (float64, CPU); log it every few hundred steps. Under multi-process training
+    call it on every process (the objectives gather) and write the record on rank 0.
+    """
+    m = _unwrap(method, views, "method_diagnostics")
+    with _left_untouched(m):
+        with torch.no_grad():
+            b = m.branches(list(views[:2]))
+            z1, z2o = b.online[0].detach().float(), b.online[1].detach().float()
+            t1, t2 = b.positive[0].detach().float(), b.positive[1].detach().float()
+        st = m.state
+        F = predictor_w = queue = None
+        if isinstance(st, DirectPredictor):
+            if int(st.ema.updates) > 0:
+                F, predictor_w = st.F_hat, st.weight
+        elif isinstance(st, CorrelationEMA):
+            if int(st.updates) > 0:
+                F = st.F
+        elif isinstance(st, FeatureQueue):
+            queue = st.queue
+        rec = diag_record(z1, z2o, spectrum=spectrum, predictor=predictor_w, correlation=F)
+        if gradients:
+            rec.update(grad_record(m.name, z1, t2, target=m.target, z1_target=t1, z2_online=z2o, F=F, queue=queue,
+                                   predictor=m.predictor, options=m.options))
+    return rec
+
+
+def method_gradient_table(method: torch.nn.Module, views: list[Tensor], methods: Iterable[str] | None = None,
+                          **kwargs: Any) -> str:
+    """:func:`gradient_table` on the online projector outputs of a live method's views 0 and 1.
+
+    Every method is evaluated with a stop-gradient target on the same features (its ``F`` / queue
+    from the batch itself unless given in ``kwargs``), so the rows compare the gradient *forms*
+    on this model's features. The method is left untouched (see :func:`method_diagnostics`).
+    """
+    m = _unwrap(method, views, "method_gradient_table")
+    with _left_untouched(m), torch.no_grad():
+        b = m.branches(list(views[:2]))
+        z1, z2 = b.online[0].detach().float(), b.online[1].detach().float()
+    return gradient_table(z1, z2, methods, **{"target": "stopgrad", **kwargs})
+
+
+class TrainingMonitor:
+    """What a training loop needs for diagnostics: one call per diagnostic step, one record back.
+
+    ``monitor.record(method, views, step)`` returns ``{"step": step, "diag/...": ..., "grad/...": ...}``
+    (see :func:`method_diagnostics`) and, when the :class:`CollapseDetector` (built on the first
+    call with the projector width) fires, ``"diag/collapse": message``. ``collapse_messages`` keeps
+    every message.
+    """
+
+    def __init__(self, *, gradients: bool = True, spectrum: bool = True, complete_std: float = 1e-4,
+                 dim_rank_frac: float = 0.05, patience: int = 3) -> None:
+        self.gradients, self.spectrum = gradients, spectrum
+        self.detector_args = dict(complete_std=complete_std, dim_rank_frac=dim_rank_frac, patience=patience)
+        self.detector: CollapseDetector | None = None
+        self.collapse_messages: list[str] = []
+
+    def record(self, method: torch.nn.Module, views: list[Tensor], step: int) -> dict[str, Any]:
+        rec: dict[str, Any] = {"step": int(step)}
+        rec.update(method_diagnostics(method, views, gradients=self.gradients, spectrum=self.spectrum))
+        if self.detector is None:
+            self.detector = CollapseDetector(int(rec[DIAG_PREFIX + "width"]), **self.detector_args)
+        msg = self.detector.check(rec)
+        if msg is not None:
+            rec[DIAG_PREFIX + "collapse"] = msg
+            self.collapse_messages.append(msg)
+        return rec

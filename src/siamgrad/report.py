@@ -7,14 +7,16 @@ optional; a missing one only drops the plot or the table cell that needs it):
 * training records: ``step``, ``epoch``, ``loss``, ``lr``, ``images_per_s``;
 * evaluation records: ``step``, ``epoch``, ``knn_acc``, ``online_probe_acc`` (percent);
 * the step-0 record: ``random_knn``, ``raw_pixel_knn`` (percent);
-* feature diagnostics (:func:`siamgrad.diagnostics.diag_record`): ``diag/eff_rank``,
+* feature diagnostics (:class:`siamgrad.diagnostics.TrainingMonitor`, :func:`~siamgrad.diagnostics.diag_record`):
+  ``diag/eff_rank``,
   ``diag/eff_rank_frac``, ``diag/width``, ``diag/std_mean``, ``diag/std_min``, ``diag/std_ratio``,
   ``diag/align``, ``diag/uniform``, ``diag/spec_top1_frac``, ``diag/spec_dims90``,
   ``diag/spectrum`` (list, descending), ``diag/F_spectrum`` (list), ``diag/pred_align``,
   ``diag/collapse`` (a :class:`~siamgrad.diagnostics.CollapseDetector` message);
 * gradient decomposition (:func:`siamgrad.diagnostics.grad_record`): ``grad/true_norm``,
-  ``grad/pos_norm``, ``grad/neg_norm``, ``grad/lambda``, ``grad/lambda_eff``,
-  ``grad/cos_unified``, ``grad/fit_residual``.
+  ``grad/unified_norm``, ``grad/pos_norm``, ``grad/neg_norm``, ``grad/lambda``,
+  ``grad/lambda_eff``, ``grad/scale_eff``, ``grad/cos_unified``, ``grad/cos_fit``,
+  ``grad/fit_residual``.
 
 :func:`analyze_run` writes ``report/{loss,knn,spectrum,gradients,rank}.png`` and one
 self-contained ``report/report.html`` (images embedded as base64); :func:`compare_runs` puts
@@ -68,11 +70,25 @@ class RunData:
             return m
         return "?"
 
+    def steps_per_epoch(self) -> float | None:
+        """``step / epoch`` of the last record carrying both (epoch > 0), if any."""
+        for r in reversed(self.records):
+            s, e = r.get("step"), r.get("epoch")
+            if _is_num(s) and _is_num(e) and e > 0 and s > 0:
+                return float(s) / float(e)
+        return None
+
     def series(self, key: str, x: str = "step") -> tuple[list[float], list[float]]:
-        """``(xs, ys)`` of the records holding a finite number under ``key`` (and under ``x``)."""
+        """``(xs, ys)`` of the records holding a finite number under ``key`` (and under ``x``).
+
+        With ``x="epoch"``, a record without an epoch (diagnostic records) gets ``step / steps_per_epoch``.
+        """
+        spe = self.steps_per_epoch() if x == "epoch" else None
         xs, ys = [], []
         for r in self.records:
             v, t = r.get(key), r.get(x)
+            if not _is_num(t) and spe and _is_num(r.get("step")):
+                t = float(r["step"]) / spe
             if _is_num(v) and _is_num(t) and math.isfinite(v):
                 xs.append(float(t))
                 ys.append(float(v))
@@ -280,6 +296,32 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _plain_log_ticks(ax) -> None:
+    """Log-scale y ticks written as plain numbers (1, 2, 5, 10, 20, ...) instead of powers of ten."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _tidy_linear(ax, *series: Sequence[float], min_rel_span: float = 0.02) -> None:
+    """No offset notation on a linear y axis, and a visible span when the values are (nearly) constant."""
+    ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+    vals = [v for s in series for v in s if math.isfinite(v)]
+    if not vals:
+        return
+    lo, hi = min(vals), max(vals)
+    mid, half = (lo + hi) / 2, (hi - lo) / 2
+    need = max(min_rel_span * abs(mid), 1e-3) / 2
+    if half < need:
+        ax.set_ylim(mid - need * 1.5, mid + need * 1.5)
+
+
+def _title(run: "RunData") -> str:
+    return run.name if run.method in ("?", run.name) else f"{run.name} ({run.method})"
+
+
 def _empty(ax, title: str, note: str) -> None:
     ax.set_title(title)
     ax.text(0.5, 0.5, note, ha="center", va="center", transform=ax.transAxes, color="0.4", wrap=True)
@@ -312,7 +354,7 @@ def plot_loss(run: RunData, path: Path) -> Path:
         ax.plot(xs, _smooth(ys, span), color="tab:blue", lw=2, label=f"loss (EMA, span {span} records)")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_title(f"Training loss - {run.name} ({run.method})")
+    ax.set_title(f"Training loss - {_title(run)}")
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     lx, ly = run.series("lr")
@@ -347,7 +389,7 @@ def plot_knn(run: RunData, path: Path) -> Path:
                    label=f"raw pixels ({summary['raw_pixel_knn']:.1f}%)")
     ax.set_xlabel("step")
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(f"Evaluation - {run.name} ({run.method})")
+    ax.set_title(f"Evaluation - {_title(run)}")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     return _save(fig, path)
@@ -386,7 +428,7 @@ def plot_spectrum(run: RunData, path: Path) -> Path | None:
     fig, axes = _figure(len(panels))
     for ax, (key, title) in zip(axes, panels):
         _spectra_panel(fig, ax, run.lists(key), title)
-    fig.suptitle(f"Eigen-spectra over training - {run.name} ({run.method})")
+    fig.suptitle(f"Eigen-spectra over training - {_title(run)}")
     return _save(fig, path)
 
 
@@ -398,25 +440,27 @@ def plot_gradients(run: RunData, path: Path) -> Path | None:
     lx, ly = run.series("grad/lambda_eff")
     l0x, l0y = run.series("grad/lambda")
     cx, cy = run.series("grad/cos_unified")
+    fx, fy = run.series("grad/cos_fit")
     if not (px or nx or lx or cx):
         return None
     fig, (a1, a2, a3) = _figure(3, width=5.0)
     if tx:
-        a1.plot(tx, ty, color="k", lw=1.5, label="true gradient ||g||")
+        a1.plot(tx, ty, color="k", lw=1.5, label="true gradient")
     if px:
-        a1.plot(px, py, color="tab:blue", lw=1.5, label="positive part ||u2^m||-term")
+        a1.plot(px, py, color="tab:blue", lw=1.5, label="positive part (-u2^m term)")
     if nx:
-        a1.plot(nx, ny, color="tab:red", lw=1.5, label="negative part ||lambda sum s_v v||")
+        a1.plot(nx, ny, color="tab:red", lw=1.5, label="negative part (lambda sum s_v v term)")
     a1.set_yscale("log")
     a1.set_xlabel("step")
-    a1.set_ylabel("mean per-sample norm (log)")
+    a1.set_ylabel("mean per-sample norm of N dL/dz1 (log)")
     a1.set_title("Gradient parts")
     a1.grid(alpha=0.3)
     a1.legend(fontsize=8)
     if lx:
-        a2.plot(lx, ly, color="tab:purple", lw=1.5, label="effective lambda (least squares)")
+        a2.plot(lx, ly, color="tab:purple", lw=1.5, label="effective lambda of the true gradient")
     if l0x:
-        a2.plot(l0x, l0y, color="0.4", ls="--", lw=1.2, label="nominal lambda of the unified form")
+        a2.plot(l0x, l0y, color="0.4", ls="--", lw=1.2, label="lambda of the method's gradient form")
+    _tidy_linear(a2, ly, l0y)
     a2.set_xlabel("step")
     a2.set_ylabel("lambda")
     a2.set_title("Balance coefficient lambda")
@@ -424,14 +468,18 @@ def plot_gradients(run: RunData, path: Path) -> Path | None:
     if lx or l0x:
         a2.legend(fontsize=8)
     if cx:
-        a3.plot(cx, cy, color="tab:green", lw=1.5, label="cos(true, unified form)")
+        a3.plot(cx, cy, color="tab:green", lw=1.5, label="cos(true, gradient form)")
+    if fx:
+        a3.plot(fx, fy, color="tab:olive", lw=1.2, ls="--", label="cos(true, best fit -u2^m + lambda_eff n)")
+    if cx or fx:
         a3.axhline(1.0, color="0.5", ls=":", lw=1)
         a3.legend(fontsize=8, loc="best")
+    _tidy_linear(a3, cy, fy, [1.0])
     a3.set_xlabel("step")
     a3.set_ylabel("cosine similarity")
     a3.set_title("True gradient vs unified form")
     a3.grid(alpha=0.3)
-    fig.suptitle(f"Gradient decomposition - {run.name} ({run.method})")
+    fig.suptitle(f"Gradient decomposition - {_title(run)}")
     return _save(fig, path)
 
 
@@ -460,6 +508,7 @@ def plot_rank(run: RunData, path: Path) -> Path | None:
                 a.axvspan(lo, hi if hi > lo else lo + 1e-9, color="tab:red", alpha=0.08,
                           label=f"{e['kind']} collapse detected" if (i == 0 and a is a1) else None)
     a1.set_yscale("log")
+    _plain_log_ticks(a1)
     a1.set_xlabel("step")
     a1.set_ylabel("effective rank (log)")
     a1.set_title("Effective rank of normalized features")
@@ -477,7 +526,7 @@ def plot_rank(run: RunData, path: Path) -> Path | None:
     a2.set_title("Spread and alignment")
     a2.grid(alpha=0.3)
     a2.legend(fontsize=8)
-    fig.suptitle(f"Feature rank and collapse indicators - {run.name} ({run.method})")
+    fig.suptitle(f"Feature rank and collapse indicators - {_title(run)}")
     return _save(fig, path)
 
 
@@ -554,11 +603,11 @@ def analyze_run(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
         ("Loss", plot_loss(run, out / "loss.png"), ""),
         ("kNN accuracy", plot_knn(run, out / "knn.png"), ""),
         ("Eigen-spectrum", plot_spectrum(run, out / "spectrum.png"),
-         "no diag/spectrum records: log diagnostics.diag_record(...) to see the spectrum"),
+         "no diag/spectrum records: log siamgrad.diagnostics.TrainingMonitor records to see the spectrum"),
         ("Effective rank and collapse", plot_rank(run, out / "rank.png"),
-         "no diag/* records: log diagnostics.diag_record(...) to see rank and spread"),
+         "no diag/* records: log siamgrad.diagnostics.TrainingMonitor records to see rank and spread"),
         ("Gradient decomposition", plot_gradients(run, out / "gradients.png"),
-         "no grad/* records: log diagnostics.grad_record(...) to see the gradient decomposition"),
+         "no grad/* records: log siamgrad.diagnostics.TrainingMonitor records to see the gradient decomposition"),
     ]
     events = collapse_events(run)
     body = [f"<h1>siamgrad run report: {html.escape(run.name)}</h1>",
@@ -617,6 +666,7 @@ def _compare_plot(runs: list[RunData], labels: list[str], key: str, path: Path, 
         return _save(fig, path)
     if log:
         ax.set_yscale("log")
+        _plain_log_ticks(ax)
     ax.set_xlabel(x)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
