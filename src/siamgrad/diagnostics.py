@@ -31,6 +31,7 @@ compute everything for a live method inside a training loop; the record keys are
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -70,6 +71,24 @@ DIAG_PREFIX = "diag/"
 GRAD_PREFIX = "grad/"
 
 
+def _one_thread(fn):
+    """Run ``fn`` with one intra-op CPU thread: LAPACK's eigen/singular-value routines on the
+    moderate matrices used here are many times slower multi-threaded when cores are shared."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any):
+        threads = torch.get_num_threads()
+        if threads == 1:
+            return fn(*args, **kwargs)
+        torch.set_num_threads(1)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    return wrapper
+
+
 def _f64(x: Tensor) -> Tensor:
     """A detached float64 CPU copy of ``x``."""
     return x.detach().to(device="cpu", dtype=torch.float64)
@@ -102,6 +121,7 @@ def correlation_spectrum(z: Tensor, *, normalize: bool = True) -> Tensor:
     return matrix_spectrum(f)
 
 
+@_one_thread
 def matrix_spectrum(f: Tensor) -> Tensor:
     """Eigenvalues (descending, float64, clamped at 0) of a symmetric PSD matrix such as UniGrad's ``F``."""
     if f.ndim != 2 or f.shape[0] != f.shape[1]:
@@ -119,6 +139,7 @@ def _rankme_from_singular_values(s: Tensor, eps: float) -> float:
     return float(torch.exp(-(p * torch.log(p)).sum()))
 
 
+@_one_thread
 def effective_rank(z: Tensor, *, normalize: bool = False, eps: float = 1e-7) -> float:
     r"""RankMe (Garrido et al. 2023): ``exp(-sum_k p_k log p_k)``, ``p_k = s_k / sum_j s_j + eps``.
 
@@ -183,6 +204,7 @@ def per_dim_std(z: Tensor, *, normalize: bool = True) -> Tensor:
 # predictor / F alignment (DirectPred)
 
 
+@_one_thread
 def predictor_alignment(wp: Tensor, f: Tensor, k: int | None = None, rel_tol: float = 1e-6) -> float:
     r"""How well a linear predictor's eigenspace matches that of ``F``: 1 = perfectly aligned.
 
@@ -223,6 +245,7 @@ def predictor_alignment(wp: Tensor, f: Tensor, k: int | None = None, rel_tol: fl
 # bundles for logging
 
 
+@_one_thread
 def feature_stats(z1: Tensor, z2: Tensor | None = None, *, spectrum: bool = False) -> dict[str, Any]:
     r"""Feature statistics of a batch for logging, computed on l2-normalized features.
 
