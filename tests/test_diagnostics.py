@@ -367,6 +367,13 @@ def test_simclr_true_gradient_matches_an_independent_nt_xent():
     g_form = 0.5 * _tangent(u1, (-u2 + s @ bank) / tau)
     np.testing.assert_allclose(d["tensors"]["unified"].numpy(), g_form, atol=2e-5)
     assert d["cos_unified"] == pytest.approx(_np_cos(12 * x1.grad.numpy(), g_form), abs=1e-5)
+    # least squares g_true ~ a P + b Q with P = the positive part, Q = the unit-lambda negative part
+    P = 0.5 * _tangent(u1, -u2 / tau)
+    Q = 0.5 * _tangent(u1, s @ bank / tau)
+    (a, b), *_ = np.linalg.lstsq(np.stack([P.ravel(), Q.ravel()], 1), 12 * x1.grad.numpy().ravel(), rcond=None)
+    assert d["scale_eff"] == pytest.approx(a, rel=1e-3) and d["lambda_eff"] == pytest.approx(b / a, rel=1e-3)
+    assert d["pos_norm"] == pytest.approx(np.linalg.norm(a * P, axis=1).mean(), rel=1e-3)
+    assert d["neg_norm"] == pytest.approx(np.linalg.norm(b * Q, axis=1).mean(), rel=1e-3)
 
 
 def test_barlow_twins_true_gradient_matches_an_independent_loss():
