@@ -189,16 +189,18 @@ def test_crop_boxes_match_torchvision_distribution(h, w, scale, ratio) -> None:
         assert rel.min() == 0 and rel.max() == 1  # both ends reachable
 
 
-def test_crop_fallback_is_torchvision_center_crop() -> None:
-    # a 20x80 image (aspect 4) with ratio <= 4/3 and a large scale: no candidate fits
-    n, h, w = 500, 20, 80
-    aug = MultiViewAugment([_recipe(scale=(0.95, 1.0))], n_views=2)
+@pytest.mark.parametrize("h, w, box", [(20, 80, (0, 26, 20, 27)), (80, 20, (26, 0, 27, 20)), (30, 30, (7, 0, 15, 30))])
+def test_crop_fallback_is_torchvision_center_crop(h, w, box) -> None:
+    # aspect 4 (or 1/4) with ratio within [3/4, 4/3] and a large scale: no candidate fits;
+    # for the square image, ratio (2, 3) never fits
+    n = 500
+    ratio = (3 / 4, 4 / 3) if h != w else (2.0, 3.0)
+    aug = MultiViewAugment([_recipe(scale=(0.95, 1.0), ratio=ratio)], n_views=2)
     p = aug.sample_params(n, h, w, generator=_gen(2))[0]
-    ref = _tv_boxes(n, h, w, (0.95, 1.0), (3 / 4, 4 / 3), seed=0)
-    assert (ref == ref[0]).all()  # torchvision always falls back here
+    ref = _tv_boxes(n, h, w, (0.95, 1.0), ratio, seed=0)
+    assert (ref == np.array(box)).all()  # torchvision always falls back here, to this box
     got = torch.stack([p.top, p.left, p.height, p.width], 1).numpy()
-    assert (got == ref[0]).all()
-    assert tuple(ref[0]) == (0, (80 - 27) // 2, 20, 27)
+    assert (got == np.array(box)).all()
 
 
 def test_flip_rate_and_flips_in_the_images() -> None:
@@ -331,6 +333,7 @@ def test_grayscale_uses_itu_luma_and_matches_torchvision_up_to_its_red_weight(
 
 def test_solarize_matches_torchvision() -> None:
     x = _float_images(6, 5, 5)
+    x[:, :, 0, 0] = 0.4  # exactly at the threshold: inverted
     mask = torch.tensor([True, False, True, True, False, True])
     got = augment.solarize(x, mask, 0.4)
     ref = torch.stack([TF.solarize(x[i], 0.4) if mask[i] else x[i] for i in range(6)])
