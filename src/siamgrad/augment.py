@@ -34,20 +34,28 @@ Pipeline of one view (the SimCLR/BYOL order), on float32 values in ``[0, 1]``:
    luma, as PIL; torchvision's tensor op uses 0.2989 for the red weight), copied to 3 channels.
 4. **Gaussian blur** (probability ``blur_p``): per-sample ``sigma ~ U(blur_sigma)``, kernel of
    odd size ``k = max(3, 2 floor(S / 20) + 1)`` (about 10% of the side: 23 at ``S = 224``),
-   weights ``exp(-d^2 / (2 sigma^2))`` normalized to sum 1, reflect padding. Being separable,
-   it is applied as ``K_y X K_x^T`` with per-sample ``[S, S]`` banded matrices that fold the
-   reflect padding in. ``blur_sigma`` is in pixels of a ``blur_sigma_ref_size``-pixel image
+   weights ``exp(-d^2 / (2 sigma^2))`` normalized to sum 1, reflect padding; separable: a row
+   pass then a column pass, as ``k`` shifted weighted copies (CPU, short kernels) or depthwise
+   convolutions grouped over the batch (long kernels on a GPU). ``blur_sigma`` is in pixels of a ``blur_sigma_ref_size``-pixel image
    (224 by default) and is scaled by ``S / blur_sigma_ref_size``, so the blur covers the same
    fraction of the image at every resolution and matches the ImageNet recipe at ``S = 224``;
    ``blur_sigma_ref_size=None`` takes ``blur_sigma`` in output pixels.
 5. **Solarize** (probability ``solarize_p``): ``x -> 1 - x`` where ``x >= solarize_threshold``.
 6. **Normalize**: ``(x - mean) / std`` per channel.
 
-Views of the same output size are processed together as one batch of ``(views x B)`` samples.
-Random parameters are drawn from the ``torch.Generator`` passed to :meth:`forward` (on its
-device, then moved to the images' device), so a seed fixes the output. On CUDA the matmuls
-follow torch's float32 matmul precision setting (TF32 if the user enabled it: an error near a
-quarter of a ``uint8`` level, harmless for augmentation).
+Samples not selected for an op keep their values exactly (identity factors, or ``lerp`` by
+exactly 0). Random parameters are drawn from the ``torch.Generator`` passed to
+:meth:`MultiViewAugment.forward` (on its device, then moved to the images' device), so a seed
+fixes the output; :meth:`MultiViewAugment.sample_params` exposes them and
+:meth:`MultiViewAugment.apply_params` applies given ones. On CPU each view is processed in
+chunks of samples (:data:`CPU_CHUNK_VALUES`); on CUDA in one piece. There the matmuls follow
+torch's float32 matmul precision (TF32 if the user enabled it: errors near a quarter of a
+``uint8`` level, harmless for augmentation).
+
+Op by op, the results equal torchvision's functional ops (``resized_crop`` with antialiasing,
+``horizontal_flip``, ``adjust_brightness/contrast/saturation/hue``, ``rgb_to_grayscale``,
+``gaussian_blur``, ``solarize``, ``normalize``) to float rounding, apart from the luma weights
+(0.299 here, 0.2989 there); the tests check this image by image.
 """
 
 from __future__ import annotations
