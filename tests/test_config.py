@@ -27,7 +27,7 @@ def test_overrides_types_and_shorthands():
 
 def test_method_change_keeps_projector_width_only():
     cfg = build_config(["method.lam=5", "method.proj_hidden_dim=64", "method=simclr"])
-    assert cfg.method == {"name": "simclr", "proj_hidden_dim": 64, "proj_output_dim": 128}
+    assert cfg.method == {"name": "simclr", "proj_hidden_dim": 64, "proj_output_dim": 128}  # lam, momentum dropped
 
 
 @pytest.mark.parametrize("arg,needle", [

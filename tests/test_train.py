@@ -92,3 +92,23 @@ def test_cli_train_and_eval_end_to_end(tmp_path):
                          "eval.knn_k=20"], capture_output=True, text=True, timeout=300)
     assert ev.returncode == 0, ev.stderr
     assert "knn_top1:" in ev.stdout
+
+
+def test_batches_shard_across_processes_and_resume_mid_epoch():
+    from siamgrad.data import ImageDataset
+    from siamgrad.train import InMemoryBatches
+
+    n = 50
+    ds = ImageDataset(torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 3, 2, 2).contiguous(),
+                      torch.arange(n) % 5, [str(i) for i in range(5)], "toy")
+    one = InMemoryBatches(ds, torch.device("cpu"), 12, seed=3)
+    two = [InMemoryBatches(ds, torch.device("cpu"), 12, seed=3, rank=r, world=2) for r in range(2)]
+    assert len(one) == 4
+    full = [x[:, 0, 0, 0] for x, _ in one.epoch(1)]
+    parts = [[x[:, 0, 0, 0] for x, _ in b.epoch(1)] for b in two]
+    for step, batch in enumerate(full):
+        assert torch.equal(torch.cat([parts[0][step], parts[1][step]]), batch)
+    seen = torch.cat(full)
+    assert len(set(seen.tolist())) == 48  # no repeats within an epoch, 2 dropped
+    assert [x[:, 0, 0, 0].tolist() for x, _ in one.epoch(1, start=2)] == [b.tolist() for b in full[2:]]
+    assert not torch.equal(torch.cat([x for x, _ in one.epoch(2)]), torch.cat([x for x, _ in one.epoch(1)]))

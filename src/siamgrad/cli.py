@@ -3,6 +3,9 @@
     siamgrad train [preset=NAME] [config=FILE] [key=value ...]
     siamgrad eval knn|linear CHECKPOINT_OR_RUN [key=value ...]
     siamgrad methods
+    siamgrad analyze RUN                   plots + report.html of a run
+    siamgrad analyze gradients CHECKPOINT_OR_RUN   gradient decomposition of every method, one batch
+    siamgrad compare RUN RUN ... [--out DIR]
     siamgrad config [key=value ...]        print the resolved config
     siamgrad presets                       list the YAML presets
 
@@ -64,6 +67,30 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_analyze(args) -> int:
+    if args.target == "gradients":
+        if not args.more:
+            raise SiamgradError("analyze gradients needs a checkpoint or run folder: "
+                                "siamgrad analyze gradients runs/<run>")
+        from .diagnostics_cli import gradient_table_for_checkpoint
+
+        print(gradient_table_for_checkpoint(args.more[0], args.more[1:]))
+        return 0
+    from .report import analyze_run
+
+    for run in [args.target, *args.more]:
+        print(analyze_run(run))
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from .report import compare_runs
+
+    out = args.out or str(Path(args.runs[0]).parent / "compare")
+    print(compare_runs(args.runs, out))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="siamgrad", description="Siamese self-supervised learning under one unified gradient.",
                                 epilog=EPILOG)
@@ -85,6 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("settings", nargs="*", metavar="key=value",
                    help="e.g. data.root=PATH if the data moved, eval.knn_k=20")
     e.set_defaults(func=_cmd_eval)
+    a = sub.add_parser("analyze", help="plots and report.html of a run, or `analyze gradients CKPT`")
+    a.add_argument("target", help="a run folder, or the word 'gradients'")
+    a.add_argument("more", nargs="*", help="more run folders, or the checkpoint/run for 'gradients' "
+                                           "followed by key=value settings")
+    a.set_defaults(func=_cmd_analyze)
+    cp = sub.add_parser("compare", help="several runs on the same plots and in one table")
+    cp.add_argument("runs", nargs="+", help="run folders")
+    cp.add_argument("--out", help="output folder (default: compare/ beside the first run)")
+    cp.set_defaults(func=_cmd_compare)
     return p
 
 

@@ -55,12 +55,12 @@ class AugmentConfig:
 @dataclass
 class OptimConfig:
     name: Literal["sgd", "lars", "adamw"] = "sgd"
-    lr: float = field(default=0.05, metadata=_range(0.0, lo_open=True))  # base lr, see lr_scaling
+    lr: float = field(default=0.5, metadata=_range(0.0, lo_open=True))  # base lr, see lr_scaling
     lr_scaling: Literal["linear", "none"] = "linear"  # linear: lr * batch_size / 256
-    weight_decay: float = field(default=1e-4, metadata=_range(0.0))
+    weight_decay: float = field(default=5e-4, metadata=_range(0.0))
     momentum: float = field(default=0.9, metadata=_range(0.0, 1.0))
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    warmup_epochs: float = field(default=0.0, metadata=_range(0.0))
+    warmup_epochs: float = field(default=2.0, metadata=_range(0.0))
     min_lr_ratio: float = field(default=0.0, metadata=_range(0.0, 1.0))
     clip_grad: float | None = field(default=None, metadata=_range(0.0, lo_open=True))
     probe_lr: float = field(default=0.1, metadata=_range(0.0, lo_open=True))
@@ -77,18 +77,34 @@ class EvalConfig:
 
 
 @dataclass
+class DiagConfig:
+    enabled: bool = True
+    every: int = field(default=0, metadata=_range(0))  # steps between diagnostics (0: every epoch end)
+    batch: int = field(default=256, metadata=_range(2))  # fixed images, fixed augmentation, every time
+    gradients: bool = True  # gradient decomposition (positive/negative parts, lambda, cosine)
+    collapse: Literal["stop", "warn"] = "stop"  # what a detected collapse does
+    patience: int = field(default=3, metadata=_range(1))  # consecutive collapsed checks before acting
+    dim_rank_frac: float = field(default=0.05, metadata=_range(0.0, 1.0))  # rank below this x width
+    report: bool = True  # write the PNG/HTML report into the run folder at the end
+
+
+@dataclass
 class Config:
     method: dict[str, Any] = field(
-        default_factory=lambda: {"name": "unigrad", "proj_hidden_dim": 512, "proj_output_dim": 128}
+        # the CPU demo: a 128-d projector, so UniGrad's balance lambda scales down from 100 at
+        # 2048-d (the negative term lambda * F u1 grows like lambda / width) to 5
+        default_factory=lambda: {"name": "unigrad", "proj_hidden_dim": 512, "proj_output_dim": 128,
+                                 "lam": 5.0, "momentum": 0.99}
     )
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    diag: DiagConfig = field(default_factory=DiagConfig)
     backbone: str = "auto"  # auto: "small" for digits, "resnet18" otherwise
     cifar_stem: bool | None = None  # None: on for images of 64 px or less
     epochs: int = field(default=30, metadata=_range(1))
-    batch_size: int = field(default=256, metadata=_range(2))
+    batch_size: int = field(default=128, metadata=_range(2))
     seed: int = 0
     device: str = "auto"  # auto: cuda if available, else cpu
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on cuda, fp32 on cpu

@@ -145,6 +145,53 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------------
+# batches
+
+
+class InMemoryBatches:
+    """Shuffled batches of an in-memory uint8 dataset that was moved to the device once.
+
+    The order of epoch ``e`` is a permutation drawn from a generator seeded by ``(seed, e)`` over
+    the whole dataset; a global batch is ``batch_size`` consecutive entries of it (the last
+    incomplete batch is dropped). With ``world`` processes, process ``rank`` takes its
+    ``batch_size / world`` share of every global batch, so the union over processes is the batch
+    one process would see, and a run resumed with another number of processes sees the same data.
+    """
+
+    def __init__(self, dataset: ImageDataset, device: torch.device, batch_size: int, seed: int,
+                 rank: int = 0, world: int = 1):
+        if batch_size % world:
+            raise ConfigError(f"batch_size={batch_size} is not divisible by the {world} processes; "
+                              "make it a multiple of the number of processes")
+        self.n = len(dataset)
+        if batch_size > self.n:
+            raise ConfigError(
+                f"batch_size={batch_size} is larger than the training set ({self.n} images); lower batch_size"
+            )
+        self.images = dataset.images.to(device)
+        self.labels = dataset.labels.to(device) if dataset.labels is not None else None
+        self.batch_size, self.seed, self.device = batch_size, seed, device
+        self.local = batch_size // world
+        self.offset = rank * self.local
+        self.steps_per_epoch = self.n // batch_size
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def order(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.n, generator=g)
+
+    def epoch(self, epoch: int, start: int = 0):
+        """Yield ``(images, labels)`` for the steps ``start..steps_per_epoch-1`` of ``epoch``."""
+        order = self.order(epoch)
+        for b in range(start, self.steps_per_epoch):
+            lo = b * self.batch_size + self.offset
+            idx = order[lo : lo + self.local].to(self.device)
+            yield self.images[idx], (self.labels[idx] if self.labels is not None else None)
+
+
+# --------------------------------------------------------------------------------------------
 # the trainer
 
 
@@ -207,14 +254,9 @@ class Trainer:
         self.knn_train, self.knn_test = self._eval_sets()
         self.mean, self.std = channel_stats(self.train_set)
         self.size = cfg.augment.size or self.train_set.image_size
-        n = len(self.train_set)
-        if cfg.batch_size > n:
-            raise ConfigError(
-                f"batch_size={cfg.batch_size} is larger than the training set ({n} images); lower batch_size"
-            )
-        self.images = self.train_set.images.to(self.device)
-        self.labels = self.train_set.labels.to(self.device) if self.train_set.labels is not None else None
-        self.steps_per_epoch = n // cfg.batch_size
+        self.batches = InMemoryBatches(self.train_set, self.device, cfg.batch_size, cfg.seed)
+        self.steps_per_epoch = len(self.batches)
+        has_labels = self.train_set.labels is not None
         self.total_steps = cfg.epochs * self.steps_per_epoch
 
         overrides = {}
@@ -235,12 +277,21 @@ class Trainer:
         self.optimizer = build_optimizer(self.method, cfg.optim, cfg.batch_size)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.warmup_steps = int(round(cfg.optim.warmup_epochs * self.steps_per_epoch))
-        self.num_classes = len(self.train_set.classes) if self.labels is not None else 0
+        self.num_classes = len(self.train_set.classes) if has_labels else 0
         self.probe = None
-        if cfg.eval.online_probe and self.labels is not None:
+        if cfg.eval.online_probe and has_labels:
             dim = self._feature_dim()
             self.probe = nn.Linear(dim, self.num_classes).to(self.device)
             self.probe_opt = torch.optim.SGD(self.probe.parameters(), lr=cfg.optim.probe_lr, momentum=0.9)
+
+        self.monitor = None
+        if cfg.diag.enabled:
+            from .diagnostics import TrainingMonitor
+
+            self.monitor = TrainingMonitor(gradients=cfg.diag.gradients, patience=cfg.diag.patience,
+                                           dim_rank_frac=cfg.diag.dim_rank_frac)
+            n = min(cfg.diag.batch, len(self.train_set))
+            self.diag_images = self.train_set.images[:n].to(self.device)
 
         self.step = 0
         self.best_knn: float | None = None
@@ -376,10 +427,6 @@ class Trainer:
         if self.log:
             print(msg, file=sys.stderr, flush=True)
 
-    def _batch_indices(self, epoch: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
-        return torch.randperm(len(self.train_set), generator=g)
-
     def train_step(self, images: torch.Tensor, labels: torch.Tensor | None) -> tuple[float, dict]:
         cfg = self.cfg
         g = torch.Generator().manual_seed(cfg.seed * 7_919 + self.step + 1)
@@ -425,16 +472,11 @@ class Trainer:
         progress = Progress(self.total_steps, enabled=cfg.progress and self.log)
         bad_steps, stopped = 0, False
         t0, steps_done, last_loss, knn_acc = time.monotonic(), 0, float("nan"), None
-        B = cfg.batch_size
-        view_images = B * cfg.augment.n_views  # images through the backbone per step
+        view_images = cfg.batch_size * cfg.augment.n_views  # images through the backbone per step
         try:
             while self.step < self.total_steps:
                 epoch, pos = divmod(self.step, self.steps_per_epoch)
-                order = self._batch_indices(epoch)
-                for b in range(pos, self.steps_per_epoch):
-                    idx = order[b * B : (b + 1) * B].to(self.device)
-                    images = self.images[idx]
-                    labels = self.labels[idx] if self.labels is not None else None
+                for images, labels in self.batches.epoch(epoch, pos):
                     loss, logs = self.train_step(images, labels)
                     if not math.isfinite(loss):
                         bad_steps += 1
@@ -460,6 +502,8 @@ class Trainer:
                         metrics.write({"step": self.step, "epoch": self.step / self.steps_per_epoch,
                                        "loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
                                        "images_per_s": ips, **logs})
+                    if cfg.diag.every and self.step % cfg.diag.every == 0:
+                        self._diagnose(metrics)
                     if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                         self.save()
                     if cfg.stop_after is not None and self.step >= cfg.stop_after:
@@ -468,6 +512,8 @@ class Trainer:
                 if stopped:
                     break
                 # end of an epoch
+                if not cfg.diag.every:
+                    self._diagnose(metrics)
                 ep = self.step // self.steps_per_epoch
                 if cfg.eval.every and ep % cfg.eval.every == 0 and self.step < self.total_steps:
                     knn_acc = self._evaluate(metrics, ep)
@@ -483,6 +529,14 @@ class Trainer:
         knn_acc = self._evaluate(metrics, self.step // self.steps_per_epoch)
         self.save()
         metrics.close()
+        if cfg.diag.report:
+            from .report import analyze_run
+
+            try:
+                report = analyze_run(self.run_dir)
+                self._say(f"report: {report}")
+            except Exception as e:  # a plotting problem must not lose a finished run
+                self._say(f"warning: could not write the report ({type(e).__name__}: {e})")
         result = TrainResult(self.run_dir, self.step, knn_acc, self.baselines["random_knn"],
                              self.baselines["raw_pixel_knn"], self.best_knn)
         ckpt.atomic_write_json(self.run_dir / "results.json", {
@@ -491,6 +545,26 @@ class Trainer:
             "raw_pixel_knn_accuracy": self.baselines["raw_pixel_knn"], "final_loss": last_loss,
         })
         return result
+
+    def _diagnose(self, metrics: MetricsLog) -> None:
+        """Diagnostics on a fixed batch with a fixed augmentation (comparable over time)."""
+        if self.monitor is None:
+            return
+        views = self.augment(self.diag_images, generator=torch.Generator().manual_seed(self.cfg.seed + 12_345))
+        if self.cfg.channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        rec = self.monitor.record(self.method, views, step=self.step)
+        rec["epoch"] = self.step / self.steps_per_epoch
+        metrics.write(rec)
+        msg = rec.get("diag/collapse")
+        if msg:
+            if self.cfg.diag.collapse == "stop":
+                where = self.run_dir / "latest.pt"
+                raise TrainingError(
+                    f"{msg} at step {self.step}; stopped with the last good checkpoint intact "
+                    f"({where if where.exists() else 'none yet'}); set diag.collapse=warn to continue"
+                )
+            self._say(f"warning: {msg} at step {self.step}")
 
     def _evaluate(self, metrics: MetricsLog, epoch: int) -> float | None:
         acc = self.knn()
