@@ -6,6 +6,7 @@
     siamgrad analyze RUN                   plots + report.html of a run
     siamgrad analyze gradients CHECKPOINT_OR_RUN   gradient decomposition of every method, one batch
     siamgrad compare RUN RUN ... [--out DIR]
+    siamgrad reproduce NAME [size=cpu|paper] [key=value ...]
     siamgrad config [key=value ...]        print the resolved config
     siamgrad presets                       list the YAML presets
 
@@ -91,6 +92,18 @@ def _cmd_compare(args) -> int:
     return 0
 
 
+def _cmd_reproduce(args) -> int:
+    from . import reproduce
+
+    if args.name in (None, "list"):
+        for name in reproduce.available():
+            exp = reproduce.EXPERIMENTS[name]
+            print(f"{name:<18} {exp.description} (sizes: {', '.join(exp.sizes)})")
+        return 0
+    print(reproduce.run_experiment(args.name, args.settings, out_dir=args.out))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="siamgrad", description="Siamese self-supervised learning under one unified gradient.",
                                 epilog=EPILOG)
@@ -121,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("runs", nargs="+", help="run folders")
     cp.add_argument("--out", help="output folder (default: compare/ beside the first run)")
     cp.set_defaults(func=_cmd_compare)
+    rp = sub.add_parser("reproduce", help="run a seed paper's experiment grid (`reproduce list` lists them)")
+    rp.add_argument("name", nargs="?", help="experiment name, or 'list'")
+    rp.add_argument("settings", nargs="*", metavar="key=value", help="size=cpu|paper and any train setting")
+    rp.add_argument("--out", default="runs/reproduce", help="output folder (default: runs/reproduce)")
+    rp.set_defaults(func=_cmd_reproduce)
     return p
 
 

@@ -461,6 +461,12 @@ class Trainer:
     def fit(self) -> TrainResult:
         cfg = self.cfg
         resumed = self._maybe_resume()
+        done = self.run_dir / "results.json"
+        if resumed and self.step >= self.total_steps and done.is_file():
+            r = json.loads(done.read_text())  # a finished run: report it, change nothing
+            self._say(f"run '{self.run_dir}' already finished; nothing to do")
+            return TrainResult(self.run_dir, self.step, r.get("knn_accuracy"), r.get("random_init_knn_accuracy"),
+                               r.get("raw_pixel_knn_accuracy"), r.get("best_knn_accuracy"))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         ckpt.atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
         metrics = MetricsLog(self.run_dir)
