@@ -171,6 +171,11 @@ class Option:
         return value
 
 
+# predictor depth of the trained-predictor methods: 2 (the papers' MLP), 1 (a trained linear
+# predictor, DirectPred's comparison) or 0 (no predictor: the collapse demonstration of SimSiam)
+_PRED_LAYERS = Option(2, "int", "predictor layers: 2 = MLP, 1 = linear, 0 = none (identity)", low=0, high=3)
+
+
 def _pos_int(default: int, doc: str) -> Option:
     return Option(default, "int", doc, low=1)
 
@@ -494,6 +499,7 @@ REGISTRY: dict[str, MethodSpec] = {
             options={
                 **_common(4096, 256, 2, 0.996),
                 "pred_hidden_dim": _pos_int(4096, "predictor hidden width"),
+                "pred_layers": _PRED_LAYERS,
                 **_asym_gradient_options(0.99, 0.3),
             },
             targets={"original": ("momentum", "stopgrad"), "gradient": ("momentum", "stopgrad", "momentum_positive")},
@@ -513,6 +519,7 @@ REGISTRY: dict[str, MethodSpec] = {
             options={
                 **_common(2048, 2048, 3, 0.996),
                 "pred_hidden_dim": _pos_int(512, "predictor bottleneck width"),
+                "pred_layers": _PRED_LAYERS,
                 **_asym_gradient_options(0.99, 0.3),
             },
             targets={"original": ("stopgrad", "momentum"), "gradient": ("stopgrad", "momentum", "momentum_positive")},
@@ -686,7 +693,9 @@ class SiameseMethod(nn.Module):
         self.predictor: nn.Module | None = None
         if spec.predictor is not None and self.form == "original":
             dim = o["proj_output_dim"]
-            self.predictor = mlp(dim, o["pred_hidden_dim"], dim, 2, spec.predictor)
+            layers = o.get("pred_layers", 2)
+            if layers > 0:
+                self.predictor = mlp(dim, o["pred_hidden_dim"], dim, layers, spec.predictor)
         self.momentum_backbone: nn.Module | None = None
         self.momentum_projector: nn.Module | None = None
         if self.target in MOMENTUM_TARGETS:
