@@ -104,12 +104,15 @@ class Config:
     backbone: str = "auto"  # auto: "small" for digits, "resnet18" otherwise
     cifar_stem: bool | None = None  # None: on for images of 64 px or less
     epochs: int = field(default=30, metadata=_range(1))
-    batch_size: int = field(default=128, metadata=_range(2))
+    batch_size: int = field(default=128, metadata=_range(2))  # global: split over the processes of a torchrun
     seed: int = 0
     device: str = "auto"  # auto: cuda if available, else cpu
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on cuda, fp32 on cpu
     channels_last: bool | None = None  # None: on for cuda
     compile: bool = False
+    # several processes (torchrun): normalize batch-norm layers (backbone and heads) over the global
+    # batch, so N processes with batch_size/N each train as one process with batch_size
+    sync_bn: bool = False
     threads: int | None = field(default=None, metadata=_range(1))
     out_dir: str = "runs"
     run_name: str | None = None
