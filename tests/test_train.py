@@ -112,3 +112,19 @@ def test_batches_shard_across_processes_and_resume_mid_epoch():
     assert len(set(seen.tolist())) == 48  # no repeats within an epoch, 2 dropped
     assert [x[:, 0, 0, 0].tolist() for x, _ in one.epoch(1, start=2)] == [b.tolist() for b in full[2:]]
     assert not torch.equal(torch.cat([x for x, _ in one.epoch(2)]), torch.cat([x for x, _ in one.epoch(1)]))
+
+
+def test_collapse_stops_the_run_and_keeps_last_good_checkpoint(tmp_path):
+    t = Trainer(_cfg(tmp_path, "run_name=collapse", "diag.every=2", "diag.patience=2", "checkpoint_every=1",
+                     "diag.gradients=false"), log=False)
+    with torch.no_grad():  # a constant encoder: every image gets the same features
+        for p in t.method.backbone.parameters():
+            p.zero_()
+    with pytest.raises(TrainingError) as e:
+        t.fit()
+    msg = str(e.value)
+    assert "collapse" in msg and "at step 4" in msg and "diag.collapse=warn" in msg and "\n" not in msg
+    # the collapsed state of step 4 is not saved: the checkpoint is the one before the stop
+    assert ck.load_checkpoint(t.run_dir / "latest.pt")["step"] == 3
+    recs = [r for r in read_metrics(t.run_dir) if "diag/collapse" in r]
+    assert recs and recs[-1]["step"] == 4
