@@ -120,13 +120,23 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def load_with_fallback(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict, Path]:
-    """Load ``path``; if it is corrupt, warn and load ``NAME.prev.pt`` instead."""
+    """Load ``path``; if it is missing or corrupt, warn and load ``NAME.prev.pt`` instead.
+
+    Returns ``(state, path_used)``. When neither loads, one :class:`CheckpointError` line names both.
+    """
     p = Path(path)
+    prev = previous_path(p)
     try:
         return load_checkpoint(p, map_location), p
     except CheckpointError as first:
-        prev = previous_path(p)
         if not prev.is_file():
             raise
+        try:
+            state = load_checkpoint(prev, map_location)
+        except CheckpointError:
+            raise CheckpointError(
+                f"checkpoints '{p.name}' and '{prev.name}' in '{p.parent}' are both unreadable "
+                f"(truncated, corrupt or missing); delete them to start the run over, or use another run_name"
+            ) from None
         warnings.warn(f"{first}; falling back to {prev}", stacklevel=2)
-        return load_checkpoint(prev, map_location), prev
+        return state, prev

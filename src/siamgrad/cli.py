@@ -11,11 +11,15 @@
     siamgrad presets                       list the YAML presets
 
 Problems the user can fix are printed as one ``error:`` line (exit status 2), never a traceback.
+
+Several processes: ``torchrun --nproc_per_node=N -m siamgrad train ...`` (``batch_size`` is the
+global batch); errors of ranks other than 0 are prefixed with the rank.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -142,17 +146,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _dist_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from torch.distributed import DistError
+    except ImportError:  # torch built without distributed support
+        return ()
+    return (DistError,)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 0
+    rank = os.environ.get("RANK", "0") if os.environ.get("WORLD_SIZE", "1") not in ("", "1") else "0"
+    prefix = "error: " if rank == "0" else f"error (rank {rank}): "
     try:
         return args.func(args)
     except SiamgradError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(prefix + " ".join(str(e).split()), file=sys.stderr)
         return 2
+    except _dist_errors() as e:  # another process of a torchrun job died or timed out
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        print(f"{prefix}lost contact with the other processes ({first}); the last checkpoint is intact, "
+              "rerun the same command to resume", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; resume with resume=true and the same run_name", file=sys.stderr)
         return 130

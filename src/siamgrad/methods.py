@@ -714,15 +714,36 @@ class SiameseMethod(nn.Module):
 
     # -- training
 
-    @staticmethod
-    def _check_views(views: Any) -> None:
+    def _check_views(self, views: Any) -> None:
+        """One-line errors for inputs the backbone would reject deep inside torch."""
         if not isinstance(views, (list, tuple)) or len(views) < 2 or not all(isinstance(v, Tensor) for v in views):
             raise SiamgradError("training_step needs a list of at least 2 view batches (tensors [N, C, H, W])")
         shapes = {tuple(v.shape) for v in views}
         if len(shapes) != 1:
             raise SiamgradError(f"all views must have the same shape; got {sorted(shapes)}")
-        if views[0].shape[0] < 2:
+        v = views[0]
+        if v.dim() != 4:
+            raise SiamgradError(f"views must be image batches [N, C, H, W]; got shape {tuple(v.shape)}")
+        if v.shape[0] < 2:
             raise SiamgradError("a batch needs at least 2 images per view for batch statistics")
+        if len({t.dtype for t in views}) != 1 or len({t.device for t in views}) != 1:
+            raise SiamgradError("all views must have the same dtype and device")
+        if not v.is_floating_point():
+            raise SiamgradError(
+                f"views must be float tensors (augmented, normalized images), got {v.dtype}; pass uint8 "
+                "images through siamgrad.augment first (e.g. build_augment('cifar', 32)(images))"
+            )
+        in_channels = next((m.in_channels for m in self.backbone.modules() if isinstance(m, nn.Conv2d)), None)
+        if in_channels is not None and v.shape[1] != in_channels:
+            raise SiamgradError(f"views have {v.shape[1]} channels but the backbone takes {in_channels}; "
+                                f"got shape {tuple(v.shape)}")
+        p = next(self.parameters(), None)
+        if p is not None:
+            if v.device != p.device:
+                raise SiamgradError(f"views are on {v.device} but the model is on {p.device}; move one of them")
+            if v.dtype != p.dtype and not torch.is_autocast_enabled(v.device.type):
+                raise SiamgradError(f"views are {v.dtype} but the model is {p.dtype}; convert the views "
+                                    f"(views = [v.to({p.dtype}) for v in views])")
 
     def _features(self, x: Tensor) -> Tensor:
         y = self.backbone(x)

@@ -6,6 +6,19 @@ Exact resume: the order of the data in epoch ``e`` and the augmentation randomne
 step ``s`` are drawn from generators seeded by ``(seed, e)`` and ``(seed, s)``; the model,
 optimizer, probe and method state (momentum encoder, queues, F matrices) are in the checkpoint.
 A run stopped and resumed therefore ends with the same weights as one that never stopped.
+
+Several processes (``torchrun --nproc_per_node=N -m siamgrad train ...``): the process group comes
+from torchrun's environment (NCCL on CUDA, gloo on CPU; process ``r`` uses ``cuda:LOCAL_RANK``).
+``batch_size`` stays the global batch: process ``r`` takes its ``batch_size / N`` share of every
+global batch, and the augmentation parameters of the whole global batch are drawn from the step's
+generator and sliced, so every sample gets exactly the augmentation it gets in one process. The
+method runs inside ``DistributedDataParallel`` (gradients averaged), the objectives gather what
+they need (see :mod:`siamgrad.distributed`), ``sync_bn=true`` normalizes batch-norm layers over the
+global batch, and the online probe trains on the gathered batch: N processes then compute the loss
+and the update of one process with the whole batch. Rank 0 alone logs, evaluates (kNN, probe,
+baselines) and writes checkpoints, metrics and the report; diagnostics run the same fixed batch on
+every rank (so a collapse stop is taken by all). Checkpoints hold the unwrapped method, so a run can
+resume with another number of processes.
 """
 
 from __future__ import annotations
@@ -16,6 +29,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +38,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint as ckpt
+from . import distributed as D
 from .augment import build_augment
 from .backbones import build_backbone
 from .config import Config, dump_yaml, from_dict, to_dict
 from .data import ImageDataset, channel_stats, load_dataset
-from .errors import ConfigError, TrainingError
+from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import extract_features, knn_accuracy, raw_pixel_features
 from .optim import build_optimizer, lr_factor, scaled_lr, set_lr
 
@@ -128,6 +143,25 @@ class MetricsLog:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+class _NoMetrics:
+    """The metrics sink of ranks other than 0: writes nothing."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _trim_metrics(run_dir: Path, step: int) -> None:
+    """Drop the records after ``step`` (written after the checkpoint a resumed run starts from)."""
+    p = run_dir / "metrics.jsonl"
+    if not p.is_file():
+        return
+    keep = [r for r in read_metrics(run_dir) if not isinstance(r.get("step"), (int, float)) or r["step"] <= step]
+    ckpt.atomic_write_text(p, "".join(json.dumps(r) + "\n" for r in keep))
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -243,7 +277,14 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device, self.amp_dtype = _device_autocast(cfg)
-        torch.manual_seed(cfg.seed)
+        # several processes: torchrun's environment (a no-op for one process)
+        self.dist = D.init_from_env(self.device.type)
+        self.rank, self.world, self.is_main = self.dist.rank, self.dist.world, self.dist.main
+        self.log = log and self.is_main
+        if self.world > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
+        torch.manual_seed(cfg.seed)  # the same initialization on every rank
 
         # data: the whole training set moves to the device once, as uint8
         d = cfg.data
@@ -254,7 +295,8 @@ class Trainer:
         self.knn_train, self.knn_test = self._eval_sets()
         self.mean, self.std = channel_stats(self.train_set)
         self.size = cfg.augment.size or self.train_set.image_size
-        self.batches = InMemoryBatches(self.train_set, self.device, cfg.batch_size, cfg.seed)
+        self.batches = InMemoryBatches(self.train_set, self.device, cfg.batch_size, cfg.seed,
+                                       rank=self.rank, world=self.world)
         self.steps_per_epoch = len(self.batches)
         has_labels = self.train_set.labels is not None
         self.total_steps = cfg.epochs * self.steps_per_epoch
@@ -272,8 +314,11 @@ class Trainer:
         self.method = build_method(cfg).to(self.device)
         if cfg.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
+        if cfg.sync_bn and self.world > 1:
+            self.method = D.convert_sync_batchnorm(self.method, self.device.type)
         if cfg.compile:
             self.method.backbone.compile()
+        self.param_dtype = next(self.method.parameters()).dtype
         self.optimizer = build_optimizer(self.method, cfg.optim, cfg.batch_size)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.warmup_steps = int(round(cfg.optim.warmup_epochs * self.steps_per_epoch))
@@ -294,9 +339,17 @@ class Trainer:
             self.diag_images = self.train_set.images[:n].to(self.device)
 
         self.step = 0
+        self.skipped_steps = 0  # steps skipped for a NaN/Inf loss (on_nan=skip), over the whole run
         self.best_knn: float | None = None
         self.baselines: dict[str, float | None] = {"random_knn": None, "raw_pixel_knn": None}
         self.run_dir = self._run_dir()
+        # the model the steps call: DDP around the method when there are several processes (its
+        # forward is training_step); EMA updates, state and checkpoints use the method itself
+        self.model: nn.Module = D.wrap_ddp(self.method, self.device) if self.world > 1 else self.method
+
+    def close(self) -> None:
+        """End the process group if this trainer started it."""
+        D.close(self.dist)
 
     # -- setup helpers
 
@@ -361,7 +414,7 @@ class Trainer:
             return 100.0 * (logits.argmax(1).cpu() == self.knn_test.labels).float().mean().item()
 
     def _baselines(self) -> None:
-        if self.knn_train is None:
+        if self.knn_train is None or not self.is_main:
             return
         e = self.cfg.eval
         raw = lambda ds: raw_pixel_features(ds.images, self.mean, self.std)  # noqa: E731
@@ -382,6 +435,7 @@ class Trainer:
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "best_knn": self.best_knn,
+            "skipped_steps": self.skipped_steps,
             "baselines": dict(self.baselines),
             "mean": list(self.mean),
             "std": list(self.std),
@@ -393,17 +447,27 @@ class Trainer:
         return s
 
     def save(self, name: str = "latest.pt") -> Path:
+        """Write the checkpoint ``name`` into the run folder (rank 0 only; the path on every rank)."""
         path = self.run_dir / name
-        ckpt.save_checkpoint(self.state(), path, keep_previous=(name == "latest.pt"))
+        if self.is_main:
+            ckpt.save_checkpoint(self.state(), path, keep_previous=(name == "latest.pt"))
         return path
 
     def load(self, state: dict) -> None:
-        self.method.load_state_dict(state["method"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.probe is not None and "probe" in state:
-            self.probe.load_state_dict(state["probe"])
-            self.probe_opt.load_state_dict(state["probe_optimizer"])
+        try:
+            self.method.load_state_dict(state["method"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.probe is not None and "probe" in state:
+                self.probe.load_state_dict(state["probe"])
+                self.probe_opt.load_state_dict(state["probe_optimizer"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as e:
+            first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+            raise CheckpointError(
+                f"the checkpoint in '{self.run_dir}' does not fit this model ({first}); resume with the "
+                "config it was written with (see config.yaml there) or use another run_name"
+            ) from None
         self.step = int(state["step"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
         self.best_knn = state.get("best_knn")
         self.baselines.update(state.get("baselines") or {})
 
@@ -411,7 +475,11 @@ class Trainer:
         latest = self.run_dir / "latest.pt"
         if self.cfg.resume is False or not (latest.exists() or ckpt.previous_path(latest).exists()):
             return False
-        state, used = ckpt.load_with_fallback(latest, map_location=self.device)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            state, used = ckpt.load_with_fallback(latest, map_location=self.device)
+        for w in caught:  # the fallback, as one line from rank 0
+            self._say(f"warning: {w.message}")
         if state.get("total_steps") != self.total_steps:
             raise ConfigError(
                 f"the checkpoint in '{self.run_dir}' was made for {state.get('total_steps')} steps, this "
@@ -427,19 +495,49 @@ class Trainer:
         if self.log:
             print(msg, file=sys.stderr, flush=True)
 
+    def views(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The augmented views of this process's share of the global batch of step ``self.step``.
+
+        The parameters are drawn from a generator seeded by ``(seed, step)`` for the whole global
+        batch (``batch_size`` samples) and rank ``r`` applies samples ``r n .. (r + 1) n - 1`` of
+        them to its ``n = batch_size / world`` images: the augmentation of every sample does not
+        depend on the number of processes.
+        """
+        g = torch.Generator().manual_seed(self.cfg.seed * 7_919 + self.step + 1)
+        if self.world == 1:
+            return self.augment(images, generator=g)
+        n, _, h, w = images.shape
+        params = self.augment.sample_params(n * self.world, h, w, g, images.device)
+        lo = self.rank * n
+        return self.augment.apply_params(images, [p.slice(lo, lo + n) for p in params])
+
+    def _global_logs(self, loss_value: float, logs: dict) -> tuple[float, dict]:
+        """Mean over processes of the loss and of every float log (one all-reduce).
+
+        Per-rank means over equal shares average to the global-batch mean; a NaN/Inf anywhere
+        makes the mean non-finite on every rank, so all ranks skip or stop together.
+        """
+        if self.world == 1:
+            return loss_value, logs
+        keys = [k for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        t = torch.tensor([loss_value, *(float(logs[k]) for k in keys)], dtype=torch.float64, device=self.device)
+        vals = D.all_reduce_mean(t).tolist()
+        return vals[0], {**logs, **dict(zip(keys, vals[1:]))}
+
     def train_step(self, images: torch.Tensor, labels: torch.Tensor | None) -> tuple[float, dict]:
         cfg = self.cfg
-        g = torch.Generator().manual_seed(cfg.seed * 7_919 + self.step + 1)
-        views = self.augment(images, generator=g)
+        views = self.views(images)
         if cfg.channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        if self.param_dtype != views[0].dtype:  # a float64 model (default dtype float64): float64 views
+            views = [v.to(self.param_dtype) for v in views]
         set_lr(self.optimizer, self.base_lrs,
                lr_factor(self.step, self.total_steps, self.warmup_steps, cfg.optim.min_lr_ratio))
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
-            loss, logs = self.method.training_step(views)
-        loss_value = float(loss.detach())
+            loss, logs = self.model(views)  # == method.training_step(views), through DDP if wrapped
+        loss_value, logs = self._global_logs(float(loss.detach()), logs)
         if not math.isfinite(loss_value):
             return loss_value, logs
         loss.backward()
@@ -448,7 +546,9 @@ class Trainer:
         self.optimizer.step()
         self.method.on_step_end(self.step, self.total_steps)
         if self.probe is not None and labels is not None:
-            feats = self.method.last_features.detach().float()
+            feats = self.method.last_features.detach().to(self.probe.weight.dtype)
+            if self.world > 1:  # the probe learns from the whole global batch, the same on every rank
+                feats, labels = D.all_gather(feats), D.all_gather(labels)
             logits = self.probe(feats)
             probe_loss = F.cross_entropy(logits, labels)
             self.probe_opt.zero_grad(set_to_none=True)
@@ -467,14 +567,19 @@ class Trainer:
             self._say(f"run '{self.run_dir}' already finished; nothing to do")
             return TrainResult(self.run_dir, self.step, r.get("knn_accuracy"), r.get("random_init_knn_accuracy"),
                                r.get("raw_pixel_knn_accuracy"), r.get("best_knn_accuracy"))
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
-        metrics = MetricsLog(self.run_dir)
+        metrics: MetricsLog | _NoMetrics = _NoMetrics()
+        if self.is_main:  # rank 0 writes the run folder
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
+            if resumed:
+                _trim_metrics(self.run_dir, self.step)
+            metrics = MetricsLog(self.run_dir)
         if not resumed:
             self._baselines()
             metrics.write({"step": 0, "epoch": 0, **{k: v for k, v in self.baselines.items() if v is not None}})
+        procs = f", {self.world} processes" if self.world > 1 else ""
         self._say(f"run folder: {self.run_dir}  ({len(self.train_set)} images, {self.steps_per_epoch} steps/epoch, "
-                  f"{self.total_steps} steps, device {self.device})")
+                  f"{self.total_steps} steps, device {self.device}{procs})")
         progress = Progress(self.total_steps, enabled=cfg.progress and self.log)
         bad_steps, stopped = 0, False
         t0, steps_done, last_loss, knn_acc = time.monotonic(), 0, float("nan"), None
@@ -493,7 +598,11 @@ class Trainer:
                                 f"loss is {loss} at step {self.step}; stopped with the last good checkpoint "
                                 f"intact ({last}); lower optim.lr or set optim.clip_grad"
                             )
-                        self._say(f"warning: loss is {loss} at step {self.step}; step skipped")
+                        self.skipped_steps += 1
+                        self._say(f"warning: loss is {loss} at step {self.step}; step skipped "
+                                  f"({self.skipped_steps} skipped so far)")
+                        metrics.write({"step": self.step + 1, "epoch": (self.step + 1) / self.steps_per_epoch,
+                                       "skipped_steps": self.skipped_steps})
                         self.step += 1
                         continue
                     bad_steps = 0
@@ -505,9 +614,11 @@ class Trainer:
                     eta = (self.total_steps - self.step) * elapsed / steps_done
                     progress.update(self.step, loss, ips, eta)
                     if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                        metrics.write({"step": self.step, "epoch": self.step / self.steps_per_epoch,
-                                       "loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
-                                       "images_per_s": ips, **logs})
+                        rec = {"step": self.step, "epoch": self.step / self.steps_per_epoch, **logs,
+                               "loss": loss, "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": ips}
+                        if self.skipped_steps:
+                            rec["skipped_steps"] = self.skipped_steps
+                        metrics.write(rec)
                     if cfg.diag.every and self.step % cfg.diag.every == 0:
                         self._diagnose(metrics)
                     if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
@@ -530,12 +641,13 @@ class Trainer:
             self.save()
             metrics.close()
             self._say(f"stopped after step {self.step} (stop_after); resume with resume=true run_name={self.run_dir.name}")
+            D.barrier()  # every rank returns after rank 0 has written the checkpoint
             return TrainResult(self.run_dir, self.step, None, self.baselines["random_knn"],
                                self.baselines["raw_pixel_knn"], self.best_knn, stopped_early=True)
         knn_acc = self._evaluate(metrics, self.step // self.steps_per_epoch)
         self.save()
         metrics.close()
-        if cfg.diag.report:
+        if cfg.diag.report and self.is_main:
             from .report import analyze_run
 
             try:
@@ -545,25 +657,35 @@ class Trainer:
                 self._say(f"warning: could not write the report ({type(e).__name__}: {e})")
         result = TrainResult(self.run_dir, self.step, knn_acc, self.baselines["random_knn"],
                              self.baselines["raw_pixel_knn"], self.best_knn)
-        ckpt.atomic_write_json(self.run_dir / "results.json", {
-            "step": self.step, "knn_accuracy": knn_acc, "best_knn_accuracy": self.best_knn,
-            "random_init_knn_accuracy": self.baselines["random_knn"],
-            "raw_pixel_knn_accuracy": self.baselines["raw_pixel_knn"], "final_loss": last_loss,
-        })
+        if self.is_main:
+            ckpt.atomic_write_json(self.run_dir / "results.json", {
+                "step": self.step, "knn_accuracy": knn_acc, "best_knn_accuracy": self.best_knn,
+                "random_init_knn_accuracy": self.baselines["random_knn"],
+                "raw_pixel_knn_accuracy": self.baselines["raw_pixel_knn"], "final_loss": last_loss,
+                "skipped_steps": self.skipped_steps,
+            })
+        D.barrier()  # every rank returns after rank 0 has finished the run folder
         return result
 
-    def _diagnose(self, metrics: MetricsLog) -> None:
-        """Diagnostics on a fixed batch with a fixed augmentation (comparable over time)."""
+    def _diagnose(self, metrics: MetricsLog | _NoMetrics) -> None:
+        """Diagnostics on a fixed batch with a fixed augmentation (comparable over time).
+
+        With several processes every rank runs the whole fixed batch as one process would (the
+        objectives' gathers off, see :func:`siamgrad.distributed.local_only`); a collapse seen on
+        any rank stops all of them.
+        """
         if self.monitor is None:
             return
         views = self.augment(self.diag_images, generator=torch.Generator().manual_seed(self.cfg.seed + 12_345))
         if self.cfg.channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-        rec = self.monitor.record(self.method, views, step=self.step)
+        with D.local_only():
+            rec = self.monitor.record(self.method, views, step=self.step)
         rec["epoch"] = self.step / self.steps_per_epoch
         metrics.write(rec)
         msg = rec.get("diag/collapse")
-        if msg:
+        if D.any_rank(bool(msg), self.device):
+            msg = msg or "collapse detected on another process"
             if self.cfg.diag.collapse == "stop":
                 where = self.run_dir / "latest.pt"
                 raise TrainingError(
@@ -572,7 +694,10 @@ class Trainer:
                 )
             self._say(f"warning: {msg} at step {self.step}")
 
-    def _evaluate(self, metrics: MetricsLog, epoch: int) -> float | None:
+    def _evaluate(self, metrics: MetricsLog | _NoMetrics, epoch: int) -> float | None:
+        """kNN (and online-probe) accuracy, on rank 0 (None on the others)."""
+        if not self.is_main:
+            return None
         acc = self.knn()
         if acc is None:
             return None
@@ -589,5 +714,9 @@ class Trainer:
 
 
 def train(cfg: Config, log: bool = True) -> TrainResult:
-    """Run a configured job; the Python entry point of ``siamgrad train``."""
-    return Trainer(cfg, log=log).fit()
+    """Run a configured job; the Python entry point of ``siamgrad train`` (also under torchrun)."""
+    trainer = Trainer(cfg, log=log)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()
