@@ -17,7 +17,8 @@ moves 2-step updates by up to ~1e-3 relative). Tolerances:
   integer state (pointers, counters) exactly. (Observed: about 1e-12 and below.)
 
 A control run without ``sync_bn`` (batch norm over each rank's half) misses these tolerances by far,
-which shows the comparison can fail.
+which shows the comparison can fail. A NaN loss on one rank only makes every rank skip that step
+(``on_nan=skip``) and the run goes on without a hang.
 
 Resume with another number of processes (float64, same tolerances): a run begun by one process
 (4 steps), continued by 2 (to step 8, across an epoch end), finished by one (step 12) ends with the
@@ -99,10 +100,17 @@ def _worker(rank: int, ports: list[int], jobs: list[tuple[str, list[str]]], out_
         t = Trainer(_config(Path(out_dir), run_name, *extra), log=False)
         assert (t.rank, t.world) == (rank, WORLD) and dist.is_initialized()
         first = t.step
+        if run_name == "ddp-nan" and rank == 1:  # a NaN loss at step 1 on rank 1 only
+            real = t.method.training_step
+            t.method.training_step = lambda views: (lambda out: (out[0] * (float("nan") if t.step == 1 else 1.0),
+                                                                 out[1]))(real(views))
         t.fit()
         assert (t.run_dir / "latest.pt").exists()  # rank 0 wrote it before the final barrier
-        # only rank 0 writes: exactly one metrics record per step
-        assert [r["step"] for r in read_metrics(t.run_dir) if "loss" in r][first:] == list(range(first + 1, t.step + 1))
+        # only rank 0 writes: exactly one metrics record per step (but skipped ones)
+        skipped = [2] if run_name == "ddp-nan" else []
+        assert [r["step"] for r in read_metrics(t.run_dir) if "loss" in r][first:] == [
+            s for s in range(first + 1, t.step + 1) if s not in skipped]
+        assert t.skipped_steps == len(skipped)  # every rank skipped the step together (and nothing hung)
         t.close()
         assert not dist.is_initialized()
 
@@ -135,6 +143,7 @@ def runs(tmp_path_factory) -> Path:
         jobs = [(f"ddp-{n}", _method_args(n)) for n in methods.available()]
         jobs.append(("ddp-nosync-simclr", [*_method_args("simclr"), "sync_bn=false"]))
         jobs.append(("mixed", [*MIXED, "stop_after=8"]))  # its second part: 2 processes
+        jobs.append(("ddp-nan", [*_method_args("simclr"), "on_nan=skip", "stop_after=3"]))
         mp.spawn(_worker, args=(_free_ports(len(jobs)), jobs, str(out)), nprocs=WORLD, join=True)
     finally:
         torch.set_default_dtype(dtype)
