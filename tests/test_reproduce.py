@@ -1,31 +1,90 @@
 """The experiment runner: a grid of ordinary runs, results collected, finished runs not repeated."""
 
 import csv
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from siamgrad import reproduce
-from siamgrad.errors import ConfigError
+from siamgrad.config import build_config
+from siamgrad.errors import ConfigError, TrainingError
 
 TINY = ["backbone=tiny", "batch_size=128", "epochs=1", "method.proj_hidden_dim=32", "method.proj_output_dim=16",
-        "eval.knn_k=20", "diag.enabled=false", "threads=2"]
+        "eval.knn_k=20", "diag.enabled=false", "diag.report=false", "threads=2"]
+
+
+def _numpy_knn(ftr, ytr, fte, yte, k, t, classes):
+    """Wu et al. kNN re-derived in numpy: cosine similarity, top-k, votes exp(sim / t)."""
+    a = ftr / np.linalg.norm(ftr, axis=1, keepdims=True)
+    b = fte / np.linalg.norm(fte, axis=1, keepdims=True)
+    sim = b @ a.T
+    idx = np.argsort(-sim, axis=1)[:, :k]
+    votes = np.zeros((len(b), classes))
+    for i in range(len(b)):
+        np.add.at(votes[i], ytr[idx[i]], np.exp(sim[i, idx[i]] / t))
+    return 100.0 * float((votes.argmax(1) == yte).mean())
 
 
 def test_grid_runs_collects_and_resumes(tmp_path, monkeypatch):
-    exp = reproduce.Experiment("toy grid", sizes={"cpu": TINY},
-                               runs=[("a", ["method=simclr"]), ("b", ["method=unigrad", "method.lam=2"])])
+    exp = reproduce.Experiment(
+        "toy grid", sizes={"cpu": TINY},
+        runs=[("a", ["method=simclr"]), ("b", ["method=unigrad", "method.lam=2", "data.fraction=0.5"])],
+        x="fraction", hue=["method"], full_train_knn=True)
     monkeypatch.setitem(reproduce.EXPERIMENTS, "toy", exp)
     md = reproduce.run_experiment("toy", [], out_dir=str(tmp_path), log=False)
     text = md.read_text()
     assert "| a | simclr |" in text and "| b | unigrad |" in text and "siamgrad reproduce toy size=cpu" in text
     rows = list(csv.DictReader(open(md.parent / "results.csv")))
     assert [r["run"] for r in rows] == ["a", "b"]
-    assert all(0 <= float(r["knn_top1"]) <= 100 for r in rows)
+    # the varied settings are columns: lam only acts in simclr's gradient form (blank), unigrad's is 2
+    assert [r["lam"] for r in rows] == ["", "2.0"]
+    assert [float(r["fraction"]) for r in rows] == [1.0, 0.5]
+    assert all(0 <= float(r["knn_top1"]) <= 100 for r in rows) and all(r["status"] == "ok" for r in rows)
     assert (md.parent / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # run b trained on half the data: its kNN bank in training was that half, knn_full_train uses the
+    # whole labeled train split; re-derive it in numpy from the checkpoint's backbone
+    from siamgrad.data import load_dataset
+    from siamgrad.evaluate import extract_features, load_backbone
+
+    backbone, state = load_backbone(str(md.parent / "b" / "latest.pt"))
+    train, test = load_dataset("digits", None, "train"), load_dataset("digits", None, "test")
+    assert state["config"]["data"]["fraction"] == 0.5
+    mean, std = tuple(state["mean"]), tuple(state["std"])
+    ftr = extract_features(backbone, train.images, mean, std).numpy()
+    fte = extract_features(backbone, test.images, mean, std).numpy()
+    expected = _numpy_knn(ftr, train.labels.numpy(), fte, test.labels.numpy(), 20, 0.1, len(train.classes))
+    assert float(rows[1]["knn_full_train"]) == pytest.approx(expected, abs=0.3)
+
     # re-running does not retrain: the checkpoints stay as they were
     stamp = (md.parent / "a" / "latest.pt").stat().st_mtime_ns
     reproduce.run_experiment("toy", [], out_dir=str(tmp_path), log=False)
     assert (md.parent / "a" / "latest.pt").stat().st_mtime_ns == stamp
+
+
+def test_failed_run_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch):
+    """A run that stops on a non-finite loss becomes a 'failed' row; the next runs still train."""
+    import siamgrad.train as train_mod
+
+    calls = []
+
+    def fake_train(cfg, log=True):
+        calls.append(cfg.run_name)
+        if cfg.run_name == "bad":
+            raise TrainingError("loss is nan at step 3; stopped with the last good checkpoint intact (none yet)")
+        return train_mod.TrainResult(Path(cfg.out_dir) / cfg.run_name, 7, 41.5, 20.0, 30.0, 42.0)
+
+    monkeypatch.setattr(train_mod, "train", fake_train)
+    exp = reproduce.Experiment("toy", sizes={"cpu": TINY},
+                               runs=[("bad", ["method=simclr", "optim.lr=100"]), ("good", ["method=simclr"])])
+    monkeypatch.setitem(reproduce.EXPERIMENTS, "toy2", exp)
+    md = reproduce.run_experiment("toy2", [], out_dir=str(tmp_path), log=False)
+    rows = list(csv.DictReader(open(md.parent / "results.csv")))
+    assert calls == ["bad", "good"]
+    assert rows[0]["status"].startswith("failed: loss is nan at step 3") and rows[0]["knn_top1"] == ""
+    assert rows[1]["status"] == "ok" and float(rows[1]["knn_top1"]) == 41.5 and rows[1]["steps"] == "7"
+    assert [r["lr"] for r in rows] == ["100.0", "0.5"]  # optim.lr varies: a column, the default where unset
 
 
 def test_unknown_experiment_and_size():
@@ -36,12 +95,93 @@ def test_unknown_experiment_and_size():
 
 
 def test_every_registered_grid_builds_valid_configs():
-    from siamgrad.config import build_config
     from siamgrad.methods import resolve_options
 
     for name, exp in reproduce.EXPERIMENTS.items():
         for size, base in exp.sizes.items():
-            for label, settings in exp.runs:
+            runs = exp.runs_for(size)
+            labels = [label for label, _ in runs]
+            assert runs and len(set(labels)) == len(labels), (name, size)
+            keys = reproduce.varied_columns(exp, size)
+            shown = [reproduce.column_name(k, keys) for k in keys]
+            assert exp.x is None or exp.x in shown, (name, exp.x)
+            for label, settings in runs:
                 cfg = build_config([*base, *settings])
                 opts = {k: v for k, v in cfg.method.items() if k != "name"}
                 resolve_options(cfg.method["name"], **opts)
+                for k in keys:
+                    reproduce.setting_value(cfg, k)
+
+
+def test_columns_show_resolved_settings():
+    """target=auto shows the branch the registry picks; options that do not act in a form are blank."""
+    def value(settings, key):
+        return reproduce.setting_value(build_config(settings), key)
+
+    assert value(["method=byol"], "method.target") == "momentum"
+    assert value(["method=simsiam", "method.form=gradient"], "method.target") == "stopgrad"
+    assert value(["method=simclr"], "method.lam") is None  # only in the gradient form
+    assert value(["method=simclr", "method.form=gradient", "method.lam=3"], "method.lam") == 3.0
+    assert value(["method=byol", "method.pred_layers=1"], "method.pred_layers") == 1
+    assert value(["method=byol"], "method.eps") is None  # BYOL's F estimate exists in the gradient form only
+    assert value(["method=directpred", "method.eps=0.1"], "method.eps") == 0.1
+    assert value(["method=vicreg"], "method.lambd") is None  # not a VICReg option
+    assert value(["augment.n_views=4"], "augment.n_views") == 4
+    assert value(["data.fraction=0.25"], "data.fraction") == 0.25
+    assert reproduce.column_name("method.lam", ["method.lam", "optim.lr"]) == "lam"
+    assert reproduce.column_name("optim.momentum", ["method.momentum", "optim.momentum"]) == "optim.momentum"
+
+
+def test_paper_grids_vary_what_the_papers_vary():
+    """The grids hold the settings of the issue: forms, targets, predictors, widths, views/fractions."""
+    def configs(name, size):
+        exp = reproduce.EXPERIMENTS[name]
+        return [(label, build_config([*exp.sizes[size], *s])) for label, s in exp.runs_for(size)]
+
+    t1 = configs("unigrad_table1", "cpu")
+    pairs = {(c.method["name"], c.method["form"]) for _, c in t1}
+    for m in ("simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg"):
+        assert {(m, "original"), (m, "gradient")} <= pairs
+    assert all(c.method.get("target") == "stopgrad" for _, c in t1 if c.method["form"] == "gradient")
+    t2 = configs("unigrad_table2", "paper")
+    for m in ("simclr", "byol", "barlow_twins", "unigrad"):
+        assert {c.method["target"] for _, c in t2 if c.method["name"] == m} == {"stopgrad", "momentum", "momentum_positive"}
+    dp = configs("directpred", "cpu")
+    assert {c.method.get("pred_layers") for _, c in dp if c.method["name"] == "byol"} == {1, 2}
+    assert {c.method.get("eps", 0.01) for _, c in dp if c.method["name"] == "directpred"} >= {0.0, 0.01, 0.1}
+    assert {c.method.get("rho", 0.3) for _, c in dp if c.method["name"] == "directpred"} >= {0.0, 0.3, 0.99}
+    sp = configs("small_projectors", "paper")
+    widths = {c.method["proj_output_dim"] for _, c in sp}
+    assert widths == {128, 256, 512, 1024, 2048, 8192}
+    assert all(c.backbone == "resnet50" and c.optim.name == "adamw" for _, c in sp)
+    mv = configs("many_views", "paper")
+    pts = {(c.method["name"], c.augment.n_views, c.data.fraction) for _, c in mv}
+    for m in ("barlow_twins", "vicreg"):
+        assert {(m, 2, 1.0), (m, 4, 0.5), (m, 8, 0.25), (m, 2, 0.25), (m, 8, 1.0)} <= pts
+    assert build_config(["preset=stl10_resnet50_small_proj"]).data.name == "stl10"
+
+
+def test_cpu_grids_fit_the_cpu_budget():
+    """CPU sizes stay under 1,200 step-equivalents (batch 256, two 32-px views through the small
+    backbone in bf16, about 1.4 s each on 2 cores; a momentum encoder's extra forward counts 1/3):
+    under 30 minutes with evaluation."""
+    from siamgrad.data import load_dataset
+
+    if not Path(reproduce.SUBSET).is_dir():
+        pytest.skip("the shared CIFAR-10 subset is not here")
+    n = len(load_dataset("cifar10", reproduce.SUBSET, "train"))
+    for name in ("unigrad_table1", "unigrad_table2", "directpred", "small_projectors", "many_views"):
+        exp = reproduce.EXPERIMENTS[name]
+        total = 0.0
+        for _, s in exp.runs_for("cpu"):
+            cfg = build_config([*exp.sizes["cpu"], *s])
+            steps = cfg.epochs * (int(n * cfg.data.fraction) // cfg.batch_size)
+            views = cfg.augment.n_views / 2
+            momentum = 4 / 3 if reproduce.setting_value(cfg, "method.target") in ("momentum", "momentum_positive") else 1
+            total += steps * views * momentum * cfg.batch_size / 256
+        assert total < 1200, (name, total)
+
+
+def test_results_table_formats_small_and_missing_values():
+    assert reproduce._fmt(0.0051) == "0.0051" and reproduce._fmt(41.234) == "41.23"
+    assert reproduce._fmt(None) == "" and reproduce._fmt(True) == "true" and reproduce._fmt(0.0) == "0.00"

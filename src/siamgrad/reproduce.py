@@ -1,12 +1,39 @@
 """Experiments from the seed papers, each a grid of runs from one command.
 
-    siamgrad reproduce NAME [size=cpu|paper] [key=value ...]
+    siamgrad reproduce NAME [size=cpu|paper|...] [key=value ...] [--out DIR]
+    siamgrad reproduce list
 
-Every experiment has two sizes: ``cpu`` (the shared CIFAR-10 subset or the embedded digits on a
-2-core CPU) and ``paper`` (full datasets and ResNets, for a GPU). Each run of the grid is an
-ordinary ``siamgrad train`` run in ``OUT/NAME-SIZE/LABEL``; a run that already finished is not
-repeated, so an interrupted grid continues where it stopped. The results are collected into
-``results.csv``, ``results.md`` and ``results.png`` in ``OUT/NAME-SIZE``.
+Every experiment has a ``cpu`` size (the shared CIFAR-10 subset or the embedded digits, designed to
+finish in under 30 minutes on 2 CPU cores) and a ``paper`` size (full datasets and ResNets, for a
+GPU); some have more (``paper_stl10``). Each run of the grid is an ordinary ``siamgrad train`` run in
+``OUT/NAME-SIZE/LABEL``; a run that already finished is not repeated, so an interrupted grid
+continues where it stopped. Settings given on the command line apply to every run (after the
+grid's own). The results are collected into ``results.csv``, ``results.md`` and ``results.png`` in
+``OUT/NAME-SIZE`` (rewritten after every run, so a grid in progress can be read).
+
+Table columns: ``run``, ``method``, then the settings the grid varies (the resolved values, e.g.
+``target=auto`` is shown as the branch it picked; blank where the option does not belong to the
+run's method or does not act in its form), then ``knn_top1`` (kNN top-1 in % on the test split at
+the end), ``best_knn_top1``, ``knn_full_train`` (grids that train on a fraction of the data: kNN
+with the *whole* labeled training split as the memory bank, so runs on different fractions are
+compared on the same bank), the ``random_init_knn`` and ``raw_pixel_knn`` baselines, ``eff_rank``
+(effective rank of the projector output at the last diagnostic), ``steps``, ``minutes`` (wall time
+of the run), ``cpu_minutes`` (CPU time of the process during the run, all threads; on a machine
+shared with other jobs ``cpu_minutes / cores`` roughly estimates the wall time alone) and
+``status`` (``ok``, or ``failed: ...`` when the run stopped on a non-finite loss; the grid goes on).
+
+The grids (see ``docs/experiments.md`` for the settings, budgets and measured results):
+
+* ``unigrad_table1`` -- UniGrad Table 1: each method's original loss vs its unified-gradient form
+  (stop-gradient target, no momentum encoder), UniGrad beside them;
+* ``unigrad_table2`` -- UniGrad Table 2: the target branch of the gradient forms: stop-gradient vs
+  momentum encoder vs momentum features in the positive term only;
+* ``directpred`` -- DirectPred vs BYOL with a trained linear predictor vs BYOL's 2-layer MLP
+  predictor, and DirectPred's ``eps`` and ``rho`` sweeps;
+* ``small_projectors`` -- arXiv 2312.10725: projector width x off-diagonal weight for Barlow Twins
+  (``lambd``) and VICReg (``cov_weight``);
+* ``many_views`` -- arXiv 2312.10725: M in {2, 4, 8} views at equal epochs on 100/50/25% of the data;
+* ``methods`` / ``digits_methods`` -- every method's original loss with one budget.
 """
 
 from __future__ import annotations
@@ -14,23 +41,62 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .checkpoint import atomic_write_bytes, atomic_write_text
-from .errors import ConfigError
+from .errors import ConfigError, TrainingError
 
 # the shared CIFAR-10 subset beside the repository (override with data.root=...)
 SUBSET = str(Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-subset")
 
+Runs = list[tuple[str, list[str]]]
+
 
 @dataclass
 class Experiment:
+    """A grid: settings shared by every run (per size) and the runs (label, own settings).
+
+    ``runs`` is one list for every size, or a mapping size -> list when the sizes need different
+    runs (e.g. the paper's widths on a GPU, fewer on a CPU). ``columns`` names the settings shown
+    as table columns (``None``: every key some run sets, in order of first appearance). ``x`` and
+    ``hue`` choose the plot: kNN top-1 against the column ``x``, one line per combination of the
+    ``hue`` columns; without ``x`` a bar per run. ``full_train_knn`` adds the ``knn_full_train``
+    column (for grids that vary ``data.fraction``).
+    """
+
     description: str
     sizes: dict[str, list[str]]  # size -> settings shared by every run of the grid
-    runs: list[tuple[str, list[str]]]  # (label, settings of this run)
+    runs: Runs | dict[str, Runs]  # (label, settings of this run), or size -> such a list
+    columns: list[str] | None = None
+    x: str | None = None
+    hue: list[str] = field(default_factory=list)
+    full_train_knn: bool = False
+    paper: str = ""  # what the paper reports, printed under the table
 
+    def runs_for(self, size: str) -> Runs:
+        if isinstance(self.runs, dict):
+            if size not in self.runs:
+                raise ConfigError(f"size={size} has no runs in this grid; choose one of: {', '.join(self.runs)}")
+            return self.runs[size]
+        return self.runs
+
+
+# --------------------------------------------------------------------------------------------
+# the grids
+
+# Shared by the CPU sizes of the new grids: the CPU preset on the CIFAR-10 subset, kNN only at the
+# end, diagnostics without the (costly) gradient decomposition, a detected collapse reported rather
+# than stopping the grid (collapse is a result here), no per-run report (`siamgrad analyze RUN`
+# writes it later). Budget: about 1,100 steps of batch 256 x 2 views per grid (about 1.4 s each on
+# 2 cores in bf16) plus evaluation: under 30 minutes.
+_CPU = ["preset=cifar10_cpu", f"data.root={SUBSET}", "eval.every=0", "diag.gradients=false",
+        "diag.collapse=warn", "diag.report=false"]
+# the paper sizes: kNN every 10 epochs, a collapse reported, not fatal
+_PAPER = ["eval.every=10", "diag.collapse=warn"]
 
 # Method options for a 128-d projector with a 512-d hidden layer (the CPU preset): every method
 # gets the same backbone, data, epochs and optimizer; only its own loss options differ.
@@ -44,6 +110,100 @@ _METHOD_RUNS_CPU = [
     ("vicreg", ["method=vicreg"]),
     ("unigrad", ["method=unigrad", "method.lam=5", "method.momentum=0.99"]),
 ]
+_CPU_OPTS = dict(_METHOD_RUNS_CPU)
+
+# The paper-size options (2048-d projector of the cifar10_resnet18 preset): the papers' defaults,
+# the CIFAR temperature and queue, UniGrad's lambda 100.
+_PAPER_OPTS = {
+    "simclr": ["method=simclr", "method.temperature=0.2"],
+    "moco": ["method=moco", "method.queue_size=4096", "method.momentum=0.99"],
+    "byol": ["method=byol"],
+    "simsiam": ["method=simsiam"],
+    "directpred": ["method=directpred"],
+    "barlow_twins": ["method=barlow_twins"],
+    "vicreg": ["method=vicreg"],
+    "unigrad": ["method=unigrad", "method.lam=100", "method.momentum=0.996"],
+}
+
+# Balance lambda of the decorrelation gradient forms: 50 at the paper's 2048-d projector. The
+# negative term (a correlation matrix applied to a unit vector) shrinks like 1/width, so the CPU
+# size's 128-d projector takes 50 * 128 / 2048 ~ 3 (as UniGrad's 100 becomes 5 there).
+_CPU_GRADIENT_LAM = {"barlow_twins": ["method.lam=3"], "vicreg": ["method.lam=3"]}
+
+_TABLE1_METHODS = ("simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg")
+
+
+def _table1(opts: dict[str, list[str]], gradient_extra: dict[str, list[str]]) -> Runs:
+    runs: Runs = []
+    for m in _TABLE1_METHODS:
+        runs.append((f"{m}-original", [*opts[m], "method.form=original"]))
+        runs.append((f"{m}-gradient", [*opts[m], "method.form=gradient", "method.target=stopgrad",
+                                        *gradient_extra.get(m, [])]))
+    runs.append(("unigrad", [*opts["unigrad"], "method.form=original", "method.target=stopgrad"]))
+    return runs
+
+
+_TABLE2_METHODS = ("simclr", "byol", "barlow_twins", "unigrad")
+_TARGETS = ("stopgrad", "momentum", "momentum_positive")
+
+
+def _table2(opts: dict[str, list[str]], gradient_extra: dict[str, list[str]], momentum: list[str]) -> Runs:
+    return [(f"{m}-{t}", [*opts[m], "method.form=gradient", f"method.target={t}", *gradient_extra.get(m, []),
+                          *momentum])
+            for m in _TABLE2_METHODS for t in _TARGETS]
+
+
+def _directpred(byol: list[str], directpred: list[str]) -> Runs:
+    runs: Runs = [
+        ("byol-mlp_predictor", [*byol, "method.pred_layers=2"]),
+        ("byol-linear_predictor", [*byol, "method.pred_layers=1"]),
+        ("directpred", [*directpred]),
+    ]
+    runs += [(f"directpred-eps{e:g}", [*directpred, f"method.eps={e}"]) for e in (0.0, 0.1, 0.3)]
+    runs += [(f"directpred-rho{r:g}", [*directpred, f"method.rho={r}"]) for r in (0.0, 0.9, 0.99)]
+    return runs
+
+
+def _width(d: int) -> list[str]:
+    return [f"method.proj_hidden_dim={d}", f"method.proj_output_dim={d}"]
+
+
+# CPU: three widths x three weights: Barlow Twins' 0.0051 (its paper's value, tuned for 8192-d) and
+# the lambda(d) of arXiv 2312.10725 at 512-d (0.01) and 128-d (0.04); VICReg's cov_weight 1 (its
+# paper's) and the same width scaling applied to it (x 12.5 at 512-d, x 50 at 128-d).
+_SMALL_PROJ_CPU: Runs = [
+    *[(f"bt-d{d}-lambd{w:g}", ["method=barlow_twins", *_width(d), f"method.lambd={w}"])
+      for d in (32, 128, 512) for w in (0.0051, 0.01, 0.04)],
+    *[(f"vicreg-d{d}-cov{w:g}", ["method=vicreg", *_width(d), f"method.cov_weight={w}"])
+      for d in (32, 128, 512) for w in (1.0, 12.5, 50.0)],
+]
+# Paper: the widths of arXiv 2312.10725 with the default weight vs the width-scaled one.
+_SMALL_PROJ_PAPER: Runs = [
+    *[(f"{tag}-d{d}-{'scaled' if s else 'default'}", [f"method={m}", *_width(d), f"method.width_scaled={str(s).lower()}"])
+      for m, tag in (("barlow_twins", "bt"), ("vicreg", "vicreg"))
+      for d in (128, 256, 512, 1024, 2048, 8192) for s in (False, True)],
+]
+
+
+def _views(points: list[tuple[int, float]], methods: list[tuple[str, list[str]]]) -> Runs:
+    return [(f"{tag}-M{m}-data{int(round(100 * f))}", [*opts, f"augment.n_views={m}", f"data.fraction={f}"])
+            for tag, opts in methods for m, f in points]
+
+
+_VIEW_METHODS = [("bt", ["method=barlow_twins", "method.width_scaled=true"]), ("vicreg", ["method=vicreg"])]
+# CPU: M=8 on all the data (4x the cost of M=2) is left to the paper size to keep under 30 minutes.
+_VIEWS_CPU = [(2, 1.0), (4, 1.0), (2, 0.5), (4, 0.5), (2, 0.25), (8, 0.25)]
+
+
+def _baseline_once(runs: Runs) -> Runs:
+    """The random-init kNN baseline in the first run only: every run of a grid starts from the same
+    backbone initialization (same seed, same backbone), so it is the same figure for all."""
+    return [(label, s if i == 0 else [*s, "eval.random_baseline=false"]) for i, (label, s) in enumerate(runs)]
+_VIEWS_PAPER = [(2, 1.0), (4, 1.0), (8, 1.0), (2, 0.5), (4, 0.5), (2, 0.25), (8, 0.25)]
+
+_T1_PAPER_TEXT = ("UniGrad (ResNet-50, ImageNet, 100 epochs, linear eval): original losses MoCo 67.4, SimCLR 62.7, "
+                  "SimSiam 68.1, BYOL 66.5, VICReg 68.6, Barlow Twins 68.7; their gradient forms without a momentum "
+                  "encoder 67.6-67.9; UniGrad 70.3 (with its momentum encoder).")
 
 EXPERIMENTS: dict[str, Experiment] = {
     "methods": Experiment(
@@ -53,17 +213,83 @@ EXPERIMENTS: dict[str, Experiment] = {
             "paper": ["preset=cifar10_resnet18", "epochs=200"],
         },
         runs=_METHOD_RUNS_CPU,
+        columns=[],
     ),
     "digits_methods": Experiment(
         "every method on the embedded digits data, CPU demo defaults (kNN top-1)",
         sizes={"cpu": ["eval.every=0"], "paper": ["eval.every=0"]},
         runs=_METHOD_RUNS_CPU,
+        columns=[],
+    ),
+    "unigrad_table1": Experiment(
+        "UniGrad Table 1: each method's original loss vs its unified-gradient form (stop-gradient target, "
+        "no momentum encoder); UniGrad with the same target",
+        sizes={"cpu": [*_CPU, "epochs=4"], "paper": ["preset=cifar10_resnet18", "epochs=200", *_PAPER]},
+        runs={"cpu": _baseline_once(_table1(_CPU_OPTS, _CPU_GRADIENT_LAM)), "paper": _table1(_PAPER_OPTS, {})},
+        columns=["method.form", "method.target", "method.lam"],
+        hue=["form"],
+        paper=_T1_PAPER_TEXT,
+    ),
+    "unigrad_table2": Experiment(
+        "UniGrad Table 2: the target branch of the gradient forms -- stop-gradient (shared weights) vs "
+        "momentum encoder vs momentum features in the positive term only",
+        sizes={"cpu": [*_CPU, "epochs=4"], "paper": ["preset=cifar10_resnet18", "epochs=200", *_PAPER]},
+        runs={"cpu": _baseline_once(_table2(_CPU_OPTS, _CPU_GRADIENT_LAM, ["method.momentum=0.99"])),
+              "paper": _table2(_PAPER_OPTS, {}, [])},
+        columns=["method.target", "method.lam", "method.momentum"],
+        x="target",
+        hue=["method"],
+        paper="UniGrad: the gradient forms reach 67.6-67.9 without and 69.8-70.2 with a momentum encoder "
+              "(ResNet-50, ImageNet, 100 epochs): the momentum encoder is worth about 2 points.",
+    ),
+    "directpred": Experiment(
+        "DirectPred (linear predictor set from the feature correlation) vs BYOL with a trained linear "
+        "predictor vs BYOL's 2-layer MLP predictor; DirectPred's eps and rho sweeps",
+        sizes={"cpu": [*_CPU, "epochs=4"], "paper": ["preset=stl10_resnet18", *_PAPER]},
+        runs={
+            "cpu": _baseline_once(_directpred(["method=byol", "method.pred_hidden_dim=512", "method.momentum=0.99"],
+                                              ["method=directpred", "method.momentum=0.99"])),
+            "paper": _directpred(["method=byol", "method.pred_hidden_dim=512"], ["method=directpred"]),
+        },
+        columns=["method.pred_layers", "method.eps", "method.rho"],
+        paper="DirectPred (ImageNet, 300 epochs): matches BYOL's 2-layer BN predictor and beats a trained "
+              "linear predictor by 2.5 points (5 points at 60 epochs); STL-10/CIFAR-10 ResNet-18: on par.",
+    ),
+    "small_projectors": Experiment(
+        "arXiv 2312.10725: projector width x off-diagonal weight (Barlow Twins lambd, VICReg cov_weight)",
+        sizes={"cpu": [*_CPU, "epochs=3"],
+               "paper": ["preset=cifar10_resnet50_small_proj", *_PAPER],
+               "paper_stl10": ["preset=stl10_resnet50_small_proj", *_PAPER]},
+        runs={"cpu": _baseline_once(_SMALL_PROJ_CPU), "paper": _SMALL_PROJ_PAPER, "paper_stl10": _SMALL_PROJ_PAPER},
+        columns=["method.proj_output_dim", "method.lambd", "method.cov_weight", "method.width_scaled"],
+        x="proj_output_dim",
+        hue=["method", "lambd", "cov_weight", "width_scaled"],
+        paper="arXiv 2312.10725: with the off-diagonal weight scaled like 1/d (d=128: 0.04 ... 8192: 0.0008, "
+              "l2-normalized features) a 256-d projector matches an 8192-d one.",
+    ),
+    "many_views": Experiment(
+        "arXiv 2312.10725: M views per image at equal epochs, on 100/50/25% of the training data",
+        sizes={"cpu": [*_CPU, "epochs=5"],
+               "paper": ["preset=cifar10_resnet50_small_proj", *_PAPER],
+               "paper_stl10": ["preset=stl10_resnet50_small_proj", *_PAPER]},
+        runs={"cpu": _baseline_once(_views(_VIEWS_CPU, _VIEW_METHODS)), "paper": _views(_VIEWS_PAPER, _VIEW_METHODS),
+              "paper_stl10": _views(_VIEWS_PAPER, _VIEW_METHODS)},
+        columns=["augment.n_views", "data.fraction"],
+        x="fraction",
+        hue=["method", "n_views"],
+        full_train_knn=True,
+        paper="arXiv 2312.10725: more views learn better features and faster; 4 views on 50% or 8 views on 25% "
+              "of the data match 2 views on all of it.",
     ),
 }
 
 
 def available() -> list[str]:
     return sorted(EXPERIMENTS)
+
+
+# --------------------------------------------------------------------------------------------
+# running a grid
 
 
 def _split_size(settings: list[str]) -> tuple[str, list[str]]:
@@ -76,9 +302,133 @@ def _split_size(settings: list[str]) -> tuple[str, list[str]]:
     return size, rest
 
 
+def setting_keys(settings: list[str]) -> list[str]:
+    """The dotted config keys ``settings`` set (shorthands expanded), presets left out."""
+    from .config import parse_overrides
+
+    return [k for k, _ in parse_overrides(settings) if k not in ("preset", "config")]
+
+
+def varied_columns(exp: Experiment, size: str) -> list[str]:
+    """The setting keys shown as columns: ``exp.columns``, or every key a run sets (``method.name`` aside)."""
+    if exp.columns is not None:
+        return list(exp.columns)
+    keys: list[str] = []
+    for _, settings in exp.runs_for(size):
+        keys += [k for k in setting_keys(settings) if k != "method.name" and k not in keys]
+    return keys
+
+
+def column_name(key: str, keys: list[str]) -> str:
+    """The last part of a dotted key, or the whole key where two keys end alike."""
+    short = key.rpartition(".")[2]
+    clash = sum(k.rpartition(".")[2] == short for k in keys) > 1
+    return key if clash or short in ("method", "run") else short
+
+
+def setting_value(cfg: Any, key: str) -> Any:
+    """The resolved value of ``key`` in ``cfg`` (method options through the registry's resolution).
+
+    ``None`` where the key is a method option that the configured method does not have.
+    """
+    if key == "method.name":
+        return cfg.method.get("name")
+    if key.startswith("method."):
+        from .methods import available as methods_available
+        from .methods import resolve_options
+
+        name = cfg.method.get("name")
+        opts = {k: v for k, v in cfg.method.items() if k != "name"}
+        option = key[7:]
+        if name not in methods_available():
+            return opts.get(option)
+        resolved = resolve_options(name, **opts)
+        if option not in resolved or not _acts(name, option, resolved["form"]):
+            return None
+        return resolved[option]
+    obj: Any = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+# options of the trained-predictor methods that act in one form only: the F estimate (rho, eps) of
+# BYOL/SimSiam exists in the gradient form, their trained predictor in the original form
+_GRADIENT_ONLY = {"byol": {"rho", "eps"}, "simsiam": {"rho", "eps"}}
+_ORIGINAL_ONLY = {"byol": {"pred_layers", "pred_hidden_dim"}, "simsiam": {"pred_layers", "pred_hidden_dim"},
+                  "barlow_twins": {"lambd", "width_scaled"},
+                  "vicreg": {"sim_weight", "var_weight", "cov_weight", "width_scaled"}}
+
+
+def _acts(method: str, option: str, form: str) -> bool:
+    """Whether ``option`` of ``method`` has an effect in ``form`` (a blank table cell otherwise)."""
+    from .methods import REGISTRY
+
+    if form == "original":
+        doc = REGISTRY[method].options[option].doc
+        return not doc.startswith("gradient form") and option not in _GRADIENT_ONLY.get(method, ())
+    return option not in _ORIGINAL_ONLY.get(method, ())
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process so far (all threads, user + system), in seconds."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _last_eff_rank(run_dir: Path) -> float | None:
+    from .train import read_metrics
+
+    ranks = [r["diag/eff_rank"] for r in read_metrics(run_dir) if isinstance(r.get("diag/eff_rank"), (int, float))]
+    return float(ranks[-1]) if ranks else None
+
+
+def full_train_knn(run_dir: Path, step: int) -> float | None:
+    """kNN top-1 of the run's final backbone with the whole labeled training split as the bank.
+
+    Features in float32 on the run's device; cached in ``knn_full_train.json`` for ``step``.
+    """
+    import torch
+
+    from .data import load_dataset
+    from .evaluate import extract_features, knn_accuracy, load_backbone
+
+    cache = run_dir / "knn_full_train.json"
+    if cache.is_file():
+        saved = json.loads(cache.read_text())
+        if saved.get("step") == step:
+            return saved["knn"]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    backbone, state = load_backbone(str(run_dir / "latest.pt"), device=device)
+    from .config import from_dict
+
+    cfg = from_dict(state["config"])
+    d = cfg.data
+    try:
+        train = load_dataset(d.name, d.root, "train", image_size=d.image_size)
+        test = load_dataset(d.name, d.root, d.test_split, image_size=d.image_size)
+    except Exception:  # no labeled split to evaluate on: no figure
+        return None
+    if train.labels is None or test.labels is None:
+        return None
+    mean, std = tuple(state["mean"]), tuple(state["std"])
+    size = int(state.get("image_size") or cfg.augment.size or train.image_size)
+    ftr = extract_features(backbone, train.images, mean, std, size=size, device=device)
+    fte = extract_features(backbone, test.images, mean, std, size=size, device=device)
+    acc = knn_accuracy(ftr, train.labels, fte, test.labels, k=cfg.eval.knn_k, temperature=cfg.eval.knn_t,
+                       num_classes=len(train.classes))
+    atomic_write_text(cache, json.dumps({"step": step, "knn": acc}))
+    return acc
+
+
 def run_experiment(name: str, settings: list[str] | None = None, out_dir: str = "runs/reproduce",
                    log: bool = True) -> Path:
-    """Run (or continue) the grid ``name``; return the path of its ``results.md``."""
+    """Run (or continue) the grid ``name``; return the path of its ``results.md``.
+
+    ``settings``: ``size=...`` and ``key=value`` settings applied to every run after the grid's own.
+    """
     from .config import build_config
     from .train import train
 
@@ -88,32 +438,78 @@ def run_experiment(name: str, settings: list[str] | None = None, out_dir: str = 
     size, extra = _split_size(list(settings or []))
     if size not in exp.sizes:
         raise ConfigError(f"size={size} is not valid for '{name}'; choose one of: {', '.join(exp.sizes)}")
+    runs = exp.runs_for(size)
+    keys = varied_columns(exp, size)
     root = Path(out_dir) / f"{name}-{size}"
-    rows = []
-    for label, run_settings in exp.runs:
+    rows: list[dict] = []
+    for label, run_settings in runs:
         run_dir = root / label
         timing = run_dir / "timing.json"
         cfg = build_config([*exp.sizes[size], *run_settings, *extra,
                             f"out_dir={root}", f"run_name={label}", "progress=false"])
-        t0 = time.monotonic()
+        row: dict[str, Any] = {"run": label, "method": cfg.method.get("name")}
+        row.update({column_name(k, keys): setting_value(cfg, k) for k in keys})
         if log:
             print(f"[{name}/{size}] {label} ...", flush=True)
-        result = train(cfg, log=False)
+        t0, c0 = time.monotonic(), _cpu_seconds()
+        try:
+            result = train(cfg, log=False)
+        except TrainingError as e:  # a diverged run is a result of the grid, not the end of it
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            row.update({"knn_top1": None, "best_knn_top1": None, "random_init_knn": None, "raw_pixel_knn": None,
+                        "eff_rank": _last_eff_rank(run_dir), "steps": None,
+                        "minutes": (time.monotonic() - t0) / 60, "cpu_minutes": (_cpu_seconds() - c0) / 60,
+                        "status": f"failed: {first}"})
+            if exp.full_train_knn:
+                row["knn_full_train"] = None
+            rows.append(_order(row, keys, exp))
+            if log:
+                print(f"[{name}/{size}] {label}: failed ({first})", flush=True)
+            _write_results(root, name, size, exp, rows, extra)
+            continue
         if not timing.exists() or result.step != json.loads(timing.read_text()).get("step"):
-            atomic_write_text(timing, json.dumps({"seconds": time.monotonic() - t0, "step": result.step}))
-        seconds = json.loads(timing.read_text())["seconds"]
-        row = {"run": label, "method": cfg.method.get("name"), "knn_top1": result.knn_accuracy,
-               "best_knn_top1": result.best_knn_accuracy, "random_init_knn": result.random_knn_accuracy,
-               "raw_pixel_knn": result.raw_pixel_knn_accuracy, "steps": result.step,
-               "minutes": seconds / 60}
-        rows.append(row)
+            atomic_write_text(timing, json.dumps({"seconds": time.monotonic() - t0,
+                                                  "cpu_seconds": _cpu_seconds() - c0, "step": result.step}))
+        times = json.loads(timing.read_text())
+        seconds, cpu = times["seconds"], times.get("cpu_seconds")
+        row.update({"knn_top1": result.knn_accuracy, "best_knn_top1": result.best_knn_accuracy,
+                    "random_init_knn": result.random_knn_accuracy,
+                    "raw_pixel_knn": result.raw_pixel_knn_accuracy, "eff_rank": _last_eff_rank(result.run_dir),
+                    "steps": result.step, "minutes": seconds / 60,
+                    "cpu_minutes": None if cpu is None else cpu / 60, "status": "ok"})
+        if exp.full_train_knn:
+            row["knn_full_train"] = full_train_knn(result.run_dir, result.step)
+        rows.append(_order(row, keys, exp))
         if log:
-            print(f"[{name}/{size}] {label}: kNN {row['knn_top1']:.2f}% ({row['minutes']:.1f} min)", flush=True)
+            knn = row["knn_top1"]
+            shown = "n/a" if knn is None else f"{knn:.2f}%"
+            print(f"[{name}/{size}] {label}: kNN {shown} ({row['minutes']:.1f} min)", flush=True)
+        _write_results(root, name, size, exp, rows, extra)
+    if not rows:
+        raise ConfigError(f"experiment '{name}' has no runs for size={size}")
     return _write_results(root, name, size, exp, rows, extra)
 
 
-def _fmt(v) -> str:
+_RESULT_COLUMNS = ["knn_top1", "best_knn_top1", "knn_full_train", "random_init_knn", "raw_pixel_knn", "eff_rank",
+                   "steps", "minutes", "cpu_minutes", "status"]
+
+
+def _order(row: dict, keys: list[str], exp: Experiment) -> dict:
+    cols = ["run", "method", *(column_name(k, keys) for k in keys)]
+    cols += [c for c in _RESULT_COLUMNS if c != "knn_full_train" or exp.full_train_knn]
+    return {c: row.get(c) for c in cols}
+
+
+# --------------------------------------------------------------------------------------------
+# results
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
     if isinstance(v, float):
+        if v != 0 and (abs(v) < 0.01 or abs(v) >= 1e5):
+            return f"{v:g}"
         return f"{v:.2f}"
     return "" if v is None else str(v)
 
@@ -124,36 +520,77 @@ def _write_results(root: Path, name: str, size: str, exp: Experiment, rows: list
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols)
     w.writeheader()
-    w.writerows(rows)
+    w.writerows([{c: ("" if r[c] is None else r[c]) for c in cols} for r in rows])
     atomic_write_text(root / "results.csv", buf.getvalue())
     cmd = " ".join(["siamgrad reproduce", name, f"size={size}", *extra])
+    done = len(rows)
+    total = len(exp.runs_for(size))
     md = [f"# {name} ({size})", "", exp.description, "", f"Command: `{cmd}`", "",
-          "Shared settings: `" + " ".join(exp.sizes[size]) + "`", "",
-          "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+          "Shared settings: `" + " ".join(exp.sizes[size]) + "`", ""]
+    if done < total:
+        md += [f"In progress: {done} of {total} runs.", ""]
+    md += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     md += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
+    if exp.paper:
+        md += ["", f"Paper: {exp.paper}"]
     atomic_write_text(root / "results.md", "\n".join(md) + "\n")
-    _plot(root / "results.png", name, size, rows)
+    _plot(root / "results.png", name, size, exp, rows)
     return root / "results.md"
 
 
-def _plot(path: Path, name: str, size: str, rows: list[dict]) -> None:
+def _group(row: dict, hue: list[str]) -> str:
+    parts = []
+    for c in hue:
+        v = row.get(c)
+        if v is None:
+            continue
+        parts.append(str(v) if c == "method" else f"{c}={_fmt(v)}")
+    return " ".join(parts) or "runs"
+
+
+def _plot(path: Path, name: str, size: str, exp: Experiment, rows: list[dict]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows)), 4))
-    labels = [r["run"] for r in rows]
-    vals = [r["knn_top1"] or 0 for r in rows]
-    ax.bar(labels, vals, color="tab:blue", label="trained")
+    def acc(r: dict) -> float:
+        v = r.get("knn_top1")
+        return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else float("nan")
+
+    if exp.x and any(exp.x in r for r in rows):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        xs = [r.get(exp.x) for r in rows]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in xs)
+        ticks = sorted(set(xs)) if numeric else list(dict.fromkeys(xs))
+        groups: dict[str, list[dict]] = {}
+        for r in rows:
+            groups.setdefault(_group(r, exp.hue), []).append(r)
+        for label, rs in groups.items():
+            pts = sorted(((ticks.index(r.get(exp.x)), acc(r)) for r in rs), key=lambda p: p[0])
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        ax.set_xticks(range(len(ticks)), [_fmt(t) for t in ticks])
+        ax.set_xlabel(exp.x)
+        legend_loc = "best"
+    else:
+        fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(rows)), 4.5))
+        labels = [r["run"] for r in rows]
+        colors = None
+        if exp.hue:
+            names = list(dict.fromkeys(_group(r, exp.hue) for r in rows))
+            cmap = plt.get_cmap("tab10")
+            colors = [cmap(names.index(_group(r, exp.hue)) % 10) for r in rows]
+        ax.bar(labels, [acc(r) for r in rows], color=colors or "tab:blue")
+        plt.setp(ax.get_xticklabels(), rotation=35, ha="right")
+        legend_loc = "lower right"
     for ref, style, text in (("random_init_knn", "--", "random init"), ("raw_pixel_knn", ":", "raw pixels")):
-        v = rows[0].get(ref)
+        v = next((r.get(ref) for r in rows if r.get(ref) is not None), None)
         if v is not None:
             ax.axhline(v, color="gray", linestyle=style, label=f"{text} ({v:.1f}%)")
     ax.set_ylabel("kNN top-1 (%)")
     ax.set_title(f"{name} ({size})")
-    ax.legend(loc="lower right")
-    plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc=legend_loc, fontsize=7)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
