@@ -18,7 +18,8 @@ moves 2-step updates by up to ~1e-3 relative). Tolerances:
 
 A control run without ``sync_bn`` (batch norm over each rank's half) misses these tolerances by far,
 which shows the comparison can fail. A NaN loss on one rank only makes every rank skip that step
-(``on_nan=skip``) and the run goes on without a hang.
+(``on_nan=skip``) and the run goes on without a hang; ranks that find different checkpoints (an
+``out_dir`` not shared by all nodes) stop with one line instead of training apart.
 
 Resume with another number of processes (float64, same tolerances): a run begun by one process
 (4 steps), continued by 2 (to step 8, across an epoch end), finished by one (step 12) ends with the
@@ -45,6 +46,7 @@ import torch.multiprocessing as mp
 from siamgrad import checkpoint as ck
 from siamgrad import methods
 from siamgrad.config import build_config
+from siamgrad.errors import ConfigError
 from siamgrad.train import Trainer, read_metrics, train
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or sys.platform == "win32",
@@ -97,6 +99,13 @@ def _worker(rank: int, ports: list[int], jobs: list[tuple[str, list[str]]], out_
     torch.set_default_dtype(torch.float64)
     for port, (run_name, extra) in zip(ports, jobs):
         os.environ["MASTER_PORT"] = str(port)
+        if run_name == "split-fs":  # as if rank 1 ran on a node that does not see rank 0's out_dir
+            where = Path(out_dir) / "elsewhere" if rank == 1 else Path(out_dir)
+            t = Trainer(_config(where, "ddp-simclr", *extra), log=False)
+            with pytest.raises(ConfigError, match="processes found different checkpoints.*every node sees"):
+                t.fit()
+            t.close()
+            continue
         t = Trainer(_config(Path(out_dir), run_name, *extra), log=False)
         assert (t.rank, t.world) == (rank, WORLD) and dist.is_initialized()
         first = t.step
@@ -142,6 +151,7 @@ def runs(tmp_path_factory) -> Path:
         assert part.step == 4
         jobs = [(f"ddp-{n}", _method_args(n)) for n in methods.available()]
         jobs.append(("ddp-nosync-simclr", [*_method_args("simclr"), "sync_bn=false"]))
+        jobs.append(("split-fs", [*_method_args("simclr"), "stop_after=4"]))  # changes nothing
         jobs.append(("mixed", [*MIXED, "stop_after=8"]))  # its second part: 2 processes
         jobs.append(("ddp-nan", [*_method_args("simclr"), "on_nan=skip", "stop_after=3"]))
         mp.spawn(_worker, args=(_free_ports(len(jobs)), jobs, str(out)), nprocs=WORLD, join=True)

@@ -55,6 +55,7 @@ __all__ = [
     "all_reduce_sum",
     "any_rank",
     "barrier",
+    "same_on_all_ranks",
     "local_only",
     "DistInfo",
     "init_from_env",
@@ -164,6 +165,16 @@ def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
     return bool(t.item() > 0)
 
 
+@torch.no_grad()
+def same_on_all_ranks(value: int, device: torch.device | str = "cpu") -> bool:
+    """True on every rank when every rank passed the same integer (True when not distributed)."""
+    if not is_dist() or world_size() == 1:
+        return True
+    t = torch.tensor([value, -value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)  # max(v) and -min(v)
+    return bool(t[0].item() == -t[1].item())
+
+
 def barrier() -> None:
     """Wait for every rank (no-op when not distributed)."""
     if is_dist() and world_size() > 1:
@@ -221,6 +232,9 @@ def init_from_env(device_type: str = "cpu") -> DistInfo:
                           "torchrun --nproc_per_node=N -m siamgrad train ...")
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
+        if local >= torch.cuda.device_count():
+            raise ConfigError(f"process LOCAL_RANK={local} needs GPU {local} but {torch.cuda.device_count()} are "
+                              "visible; start at most one process per GPU (--nproc_per_node)")
         torch.cuda.set_device(local)
     try:
         dist.init_process_group(backend, init_method="env://", rank=rank_, world_size=world, timeout=TIMEOUT)

@@ -561,6 +561,9 @@ class Trainer:
     def fit(self) -> TrainResult:
         cfg = self.cfg
         resumed = self._maybe_resume()
+        if not D.same_on_all_ranks(self.step, self.device):
+            raise ConfigError(f"the processes found different checkpoints in '{self.run_dir}' (this one: step "
+                              f"{self.step}); out_dir must be a folder every node sees")
         done = self.run_dir / "results.json"
         if resumed and self.step >= self.total_steps and done.is_file():
             r = json.loads(done.read_text())  # a finished run: report it, change nothing
