@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from siamgrad import reproduce
 from siamgrad.config import build_config
@@ -185,3 +186,47 @@ def test_cpu_grids_fit_the_cpu_budget():
 def test_results_table_formats_small_and_missing_values():
     assert reproduce._fmt(0.0051) == "0.0051" and reproduce._fmt(41.234) == "41.23"
     assert reproduce._fmt(None) == "" and reproduce._fmt(True) == "true" and reproduce._fmt(0.0) == "0.00"
+
+
+def _bench(name):
+    import importlib.util
+    import sys
+
+    here = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(here))
+    try:
+        spec = importlib.util.spec_from_file_location(name, here / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod  # dataclasses look their module up there
+        spec.loader.exec_module(mod)
+        return mod
+    finally:
+        sys.path.remove(str(here))
+
+
+def test_benchmark_peer_pipeline_applies_the_recipe():
+    """The throughput benchmark's peer side (torchvision on PIL images) applies siamgrad's recipe:
+    with the crop fixed to the whole image and the flip certain, a view is the mirrored image,
+    normalized -- re-derived in numpy."""
+    import dataclasses
+
+    from siamgrad.augment import PRESETS
+    from siamgrad.data import ImageDataset
+
+    bench = _bench("bench_throughput")
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (6, 3, 8, 8), dtype=np.uint8)
+    ds = ImageDataset(torch.from_numpy(imgs), torch.from_numpy(np.arange(6) % 3), ["a", "b", "c"], "cifar10")
+    recipe = dataclasses.replace(PRESETS["none"][0], size=8, flip_p=1.0)
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    peer = bench.PeerDataset(ds, [bench.peer_transform(recipe, mean, std)] * 3)
+    views, label = peer[4]
+    assert len(views) == 3 and label == 4 % 3
+    expected = (imgs[4][:, :, ::-1] / 255.0 - np.array(mean)[:, None, None]) / np.array(std)[:, None, None]
+    np.testing.assert_allclose(views[0].numpy(), expected, atol=1e-5)
+    # the full CIFAR recipe: M views of the right shape from both pipelines, different per view
+    full = bench.peer_dataset(ds, 2)
+    v, _ = full[0]
+    assert [tuple(t.shape) for t in v] == [(3, 8, 8)] * 2 and not np.allclose(v[0].numpy(), v[1].numpy())
+    ours, _ = next(iter(bench.BatchedViews(ds, 2, 4)))
+    assert [tuple(t.shape) for t in ours] == [(4, 3, 8, 8)] * 2
