@@ -20,6 +20,12 @@ Pipeline of one view (the SimCLR/BYOL order), on float32 values in ``[0, 1]``:
    ``R_y`` is ``[S, H]`` and ``R_x`` is ``[S, W]`` and only the pixels inside the box carry
    weight. Two batched matmuls resample all boxes at once; the flip is folded into ``R_x``
    (its rows reversed) and the ``1/255`` scaling of ``uint8`` input into the weights.
+   *Ragged batches* (:class:`RaggedImages`: decoded images of different sizes, padded into one
+   tensor with their sizes alongside) follow the same rules per image: each box is drawn from
+   the image's own ``H x W`` (the same uniforms as for a same-size batch) and lies inside it,
+   and the resampling matrices give zero weight outside the box, so the padding is never read
+   and one pair of batched matmuls still crops every image straight to ``S x S``. A ragged
+   batch of equal-size images gives exactly the result of the ordinary batch.
 2. **Color jitter** (probability ``jitter_p``), per-sample factors ``b ~ U[max(0, 1-B), 1+B]``,
    ``c``, ``s`` likewise, hue shift ``~ U[-hue, hue]``, applied in the fixed order brightness,
    contrast, saturation, hue, each followed by a clamp to ``[0, 1]``:
@@ -76,6 +82,7 @@ __all__ = [
     "PRESETS",
     "CROP_TRIES",
     "MultiViewAugment",
+    "RaggedImages",
     "ViewParams",
     "ViewRecipe",
     "blur_kernel_size",
@@ -209,6 +216,92 @@ PRESETS: dict[str, list[ViewRecipe]] = {
 
 
 # --------------------------------------------------------------------------------------------
+# Ragged batches: images of different sizes
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RaggedImages:
+    """A batch of images of different sizes, stored padded in one tensor.
+
+    ``data`` is ``uint8`` (or float) ``[B, C, H, W]`` with ``H``/``W`` at least the largest
+    height/width; image ``i`` is ``data[i, :, :h_i, :w_i]`` and the rest of its plane is padding
+    (zeros from :meth:`from_list`, never read: every crop box lies inside its image and the
+    resampling weights are zero outside the box). ``sizes`` is ``int64 [B, 2]`` holding the rows
+    ``(h_i, w_i)``; it stays on the CPU (the random boxes are drawn there) while ``data`` moves
+    to the device. :class:`MultiViewAugment` crops every image straight to the output size in
+    one batched resampling per view.
+    """
+
+    data: torch.Tensor
+    sizes: torch.Tensor
+
+    def __post_init__(self) -> None:
+        d, sz = self.data, self.sizes
+        if not isinstance(d, torch.Tensor) or d.dim() != 4 or d.shape[1] not in (1, 3):
+            shape = tuple(d.shape) if isinstance(d, torch.Tensor) else type(d).__name__
+            raise DataError(f"augment: ragged data must be a padded batch [B, 3, H, W], got {shape}")
+        sz = torch.as_tensor(sz, dtype=torch.int64).cpu()
+        if sz.shape != (d.shape[0], 2):
+            raise DataError(f"augment: ragged sizes must be [B, 2] = [{d.shape[0]}, 2], got {tuple(sz.shape)}")
+        if sz.numel() and (bool((sz < 1).any()) or int(sz[:, 0].max()) > d.shape[2] or int(sz[:, 1].max()) > d.shape[3]):
+            raise DataError(
+                f"augment: ragged sizes must lie in 1..{d.shape[2]} x 1..{d.shape[3]} (the padded size)"
+            )
+        self.sizes = sz
+
+    @classmethod
+    def from_list(cls, images: Sequence[torch.Tensor], device: torch.device | str | None = None) -> RaggedImages:
+        """Pad ``[C, h_i, w_i]`` images (one dtype, one channel count) into one batch.
+
+        The copies are plain slice assignments (no per-image compute), on ``device`` (default:
+        the first image's device).
+        """
+        if len(images) == 0:
+            raise DataError("augment: a ragged batch needs at least one image")
+        first = images[0]
+        if any(im.dim() != 3 or im.shape[0] != first.shape[0] or im.dtype != first.dtype for im in images):
+            raise DataError("augment: ragged images must all be [C, h, w] tensors of one dtype and channel count")
+        sizes = torch.tensor([[int(im.shape[1]), int(im.shape[2])] for im in images], dtype=torch.int64)
+        dev = torch.device(device) if device is not None else first.device
+        data = torch.zeros(
+            (len(images), first.shape[0], int(sizes[:, 0].max()), int(sizes[:, 1].max())), dtype=first.dtype, device=dev
+        )
+        for i, im in enumerate(images):
+            data[i, :, : im.shape[1], : im.shape[2]].copy_(im, non_blocking=True)
+        return cls(data, sizes)
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
+
+    @property
+    def uniform(self) -> bool:
+        """True when every image has the padded size (the batch is an ordinary tensor batch)."""
+        return bool((self.sizes[:, 0] == self.data.shape[2]).all() and (self.sizes[:, 1] == self.data.shape[3]).all())
+
+    def image(self, i: int) -> torch.Tensor:
+        """Image ``i`` without its padding (a view)."""
+        h, w = (int(v) for v in self.sizes[i])
+        return self.data[i, :, :h, :w]
+
+    def slice(self, start: int, stop: int) -> RaggedImages:
+        """Images ``start .. stop - 1``, the padding trimmed to their largest size."""
+        sz = self.sizes[start:stop]
+        h, w = int(sz[:, 0].max()), int(sz[:, 1].max())
+        return RaggedImages(self.data[start:stop, :, :h, :w], sz)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> RaggedImages:
+        return RaggedImages(self.data.to(device, non_blocking=non_blocking), self.sizes)
+
+    def pin_memory(self) -> RaggedImages:
+        return RaggedImages(self.data.pin_memory(), self.sizes)
+
+
+# --------------------------------------------------------------------------------------------
 # Parameters
 # --------------------------------------------------------------------------------------------
 
@@ -218,7 +311,9 @@ class ViewParams:
     """Per-sample random parameters of one view (tensors of length ``B``).
 
     Crop box in source pixels: rows ``top .. top+height-1``, columns ``left .. left+width-1``
-    of an ``src_height x src_width`` image. Boolean masks say which samples get each op; the
+    of an ``src_height x src_width`` image. For a ragged batch (:class:`RaggedImages`)
+    ``src_sizes`` holds every image's own ``(height, width)`` (``int64 [B, 2]``, kept on the
+    CPU) and ``src_height x src_width`` is the padded size, the largest of them. Boolean masks say which samples get each op; the
     jitter factors are the drawn values (used only where ``jitter``), ``sigma`` the blur sigma
     in output pixels (used only where ``blur``).
     """
@@ -239,6 +334,7 @@ class ViewParams:
     blur: torch.Tensor
     sigma: torch.Tensor
     solarize: torch.Tensor
+    src_sizes: torch.Tensor | None = None
 
     _TENSORS = (
         "top", "left", "height", "width", "flip", "jitter", "brightness", "contrast",
@@ -251,7 +347,10 @@ class ViewParams:
 
     @property
     def area_fraction(self) -> torch.Tensor:
-        """Crop area over image area, ``h w / (H W)``."""
+        """Crop area over image area, ``h w / (H W)`` (each image's own ``H W`` when ragged)."""
+        if self.src_sizes is not None:
+            hw = self.src_sizes.to(self.height.device)
+            return (self.height * self.width).double() / (hw[:, 0] * hw[:, 1]).double()
         return (self.height * self.width).double() / (self.src_height * self.src_width)
 
     @property
@@ -260,13 +359,15 @@ class ViewParams:
         return self.width.double() / self.height.double()
 
     def to(self, device: torch.device | str) -> ViewParams:
+        """The parameters on ``device`` (``src_sizes``, bookkeeping only, stays on the CPU)."""
         moved = {k: getattr(self, k).to(device) for k in self._TENSORS}
-        return ViewParams(src_height=self.src_height, src_width=self.src_width, **moved)
+        return ViewParams(src_height=self.src_height, src_width=self.src_width, src_sizes=self.src_sizes, **moved)
 
     def slice(self, start: int, stop: int) -> ViewParams:
         """The parameters of samples ``start .. stop - 1``."""
         part = {k: getattr(self, k)[start:stop] for k in self._TENSORS}
-        return ViewParams(src_height=self.src_height, src_width=self.src_width, **part)
+        sizes = None if self.src_sizes is None else self.src_sizes[start:stop]
+        return ViewParams(src_height=self.src_height, src_width=self.src_width, src_sizes=sizes, **part)
 
 
 def _uniform(u: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
@@ -278,12 +379,17 @@ def sample_crop_boxes(
     u_ratio: torch.Tensor,
     u_top: torch.Tensor,
     u_left: torch.Tensor,
-    height: int,
-    width: int,
+    height: int | torch.Tensor,
+    width: int | torch.Tensor,
     scale: tuple[float, float],
     ratio: tuple[float, float],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Random-resized-crop boxes from uniform draws, vectorized over the batch.
+
+    ``height``/``width`` are the images' size: ints for a batch of one size, or integer tensors
+    ``[B]`` with every image's own size (a ragged batch); the rules below then hold per sample,
+    with each image's own ``H`` and ``W``, and give the same boxes as the int form for images of
+    that size.
 
     ``u_area``, ``u_ratio``: ``[B, T]`` uniforms for ``T`` candidate boxes; ``u_top``,
     ``u_left``: ``[B]`` uniforms for the position. Candidate ``t``: area
@@ -296,6 +402,8 @@ def sample_crop_boxes(
 
     Returns ``(top, left, h, w)`` as int64 tensors ``[B]``.
     """
+    if isinstance(height, torch.Tensor) or isinstance(width, torch.Tensor):
+        return _crop_boxes_per_sample(u_area, u_ratio, u_top, u_left, height, width, scale, ratio)
     area = float(height * width)
     target = area * _uniform(u_area, scale[0], scale[1])
     aspect = torch.exp(_uniform(u_ratio, math.log(ratio[0]), math.log(ratio[1])))
@@ -323,11 +431,62 @@ def sample_crop_boxes(
     return top, left, h, w
 
 
+def _crop_boxes_per_sample(
+    u_area: torch.Tensor,
+    u_ratio: torch.Tensor,
+    u_top: torch.Tensor,
+    u_left: torch.Tensor,
+    height: int | torch.Tensor,
+    width: int | torch.Tensor,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`sample_crop_boxes` with a size per sample (integer tensors ``[B]``).
+
+    Written with the same float32/float64 operations in the same order as the one-size form, so
+    a batch whose images all have one size gets bit-identical boxes.
+    """
+    b = u_area.shape[0]
+    dev = u_area.device
+    hi = torch.as_tensor(height, device=dev).to(torch.int64).expand(b)
+    wi = torch.as_tensor(width, device=dev).to(torch.int64).expand(b)
+    if bool((hi < 1).any()) or bool((wi < 1).any()):
+        raise DataError("augment: every image of a ragged batch needs a height and width >= 1")
+    area = (hi * wi).to(torch.float32)[:, None]  # exact below 2^24 pixels, as float(H W) is
+    target = area * _uniform(u_area, scale[0], scale[1])
+    aspect = torch.exp(_uniform(u_ratio, math.log(ratio[0]), math.log(ratio[1])))
+    w = torch.round(torch.sqrt(target * aspect))
+    h = torch.round(torch.sqrt(target / aspect))
+    valid = (w > 0) & (w <= wi[:, None]) & (h > 0) & (h <= hi[:, None])
+    first = valid.to(torch.uint8).argmax(dim=1, keepdim=True)
+    found = valid.any(dim=1)
+    # the fallback box per image, in float64 as the one-size form computes it in Python floats
+    hd, wd = hi.double(), wi.double()
+    in_ratio = wd / hd
+    narrow, wide = in_ratio < ratio[0], in_ratio > ratio[1]
+    fw = torch.where(wide, torch.round(hd * ratio[1]), wd)
+    fh = torch.where(narrow, torch.round(wd / ratio[0]), hd)
+    fw = torch.where(narrow, wd, fw)
+    fh = torch.where(wide, hd, fh)
+    w = torch.where(found, w.gather(1, first).squeeze(1).double(), fw).long()
+    h = torch.where(found, h.gather(1, first).squeeze(1).double(), fh).long()
+    n_top = hi - h + 1
+    n_left = wi - w + 1
+    top = torch.minimum((u_top * n_top).floor().long(), n_top - 1)
+    left = torch.minimum((u_left * n_left).floor().long(), n_left - 1)
+    top = torch.where(found, top, (hi - h) // 2)
+    left = torch.where(found, left, (wi - w) // 2)
+    return top, left, h, w
+
+
 def _sample_view(
-    recipe: ViewRecipe, batch_size: int, height: int, width: int, generator: torch.Generator | None,
-    device: torch.device,
+    recipe: ViewRecipe, batch_size: int, height: int | torch.Tensor, width: int | torch.Tensor,
+    generator: torch.Generator | None, device: torch.device,
 ) -> ViewParams:
-    """Draw one view's parameters: one ``[B, 2T + 12]`` uniform tensor, sliced by column."""
+    """Draw one view's parameters: one ``[B, 2T + 12]`` uniform tensor, sliced by column.
+
+    ``height``/``width``: ints, or integer tensors ``[B]`` of per-image sizes (ragged batch).
+    """
     t = CROP_TRIES
     u = torch.rand(batch_size, 2 * t + 12, generator=generator, device=device)
     top, left, h, w = sample_crop_boxes(
@@ -339,9 +498,17 @@ def _sample_view(
         return _uniform(col, max(0.0, 1.0 - amount), 1.0 + amount)
 
     sig_lo, sig_hi = recipe.blur_sigma
+    src_sizes = None
+    if isinstance(height, torch.Tensor) or isinstance(width, torch.Tensor):
+        src_sizes = torch.stack(
+            [torch.as_tensor(height).to(torch.int64).expand(batch_size).cpu(),
+             torch.as_tensor(width).to(torch.int64).expand(batch_size).cpu()], dim=1
+        )
+        height, width = int(src_sizes[:, 0].max()), int(src_sizes[:, 1].max())
     return ViewParams(
         src_height=height,
         src_width=width,
+        src_sizes=src_sizes,
         top=top,
         left=left,
         height=h,
@@ -670,16 +837,22 @@ class MultiViewAugment(torch.nn.Module):
     def sample_params(
         self,
         batch_size: int,
-        height: int,
-        width: int,
+        height: int | torch.Tensor,
+        width: int | torch.Tensor,
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
     ) -> list[ViewParams]:
         """Every view's per-sample parameters for a batch of ``height x width`` images.
 
-        Drawn on ``generator``'s device (the default CPU generator when ``None``), then moved
-        to ``device`` when given.
+        ``height``/``width``: ints, or integer tensors ``[batch_size]`` with each image's own
+        size (a ragged batch; the parameters then carry ``src_sizes``). The uniform draws do not
+        depend on the sizes, so one generator state gives the same flips, colors and crop
+        shapes (up to the fit inside each image) whatever the sizes. Drawn on ``generator``'s
+        device (the default CPU generator when ``None``), then moved to ``device`` when given.
         """
+        for name, v in (("height", height), ("width", width)):
+            if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape != (batch_size,):
+                raise DataError(f"augment: per-image {name}s must be a tensor [{batch_size}], got {tuple(v.shape)}")
         gen_device = generator.device if generator is not None else torch.device("cpu")
         params = [_sample_view(r, batch_size, height, width, generator, gen_device) for r in self.view_recipes]
         if device is not None and torch.device(device) != gen_device:
@@ -694,37 +867,78 @@ class MultiViewAugment(torch.nn.Module):
         return max(1, CPU_CHUNK_VALUES // max(3 * size * size, src_values))
 
     @torch.no_grad()
-    def apply_params(self, images: torch.Tensor, params: Sequence[ViewParams]) -> list[torch.Tensor]:
-        """Augment ``images`` with given parameters (one :class:`ViewParams` per view)."""
-        gain = _check_images(images)
+    def apply_params(self, images: torch.Tensor | RaggedImages, params: Sequence[ViewParams]) -> list[torch.Tensor]:
+        """Augment ``images`` with given parameters (one :class:`ViewParams` per view).
+
+        ``images``: a ``[B, C, H, W]`` batch, or a :class:`RaggedImages` batch whose parameters
+        were drawn for its ``sizes``.
+        """
+        ragged = isinstance(images, RaggedImages)
+        data = images.data if ragged else images
+        gain = _check_images(data)
         if len(params) != self.n_views:
             raise ConfigError(f"augment: got parameters for {len(params)} views, expected {self.n_views}")
-        b, _, h, w = images.shape
-        dev = images.device
+        b, _, h, w = data.shape
+        dev = data.device
         views = []
         for recipe, p in zip(self.view_recipes, params):
             p = p.to(dev)
-            if p.batch_size != b or (p.src_height, p.src_width) != (h, w):
+            if ragged:
+                fits = p.src_sizes is not None and p.batch_size == b and torch.equal(p.src_sizes, images.sizes)
+                what = f"{b} images of their own sizes"
+            else:
+                fits = p.batch_size == b and (
+                    (p.src_height, p.src_width) == (h, w) if p.src_sizes is None
+                    else bool((p.src_sizes == torch.tensor([h, w])).all())
+                )
+                what = f"{b} of {h}x{w}"
+            if not fits:
                 raise DataError(
-                    f"augment: parameters drawn for {p.batch_size} images of {p.src_height}x{p.src_width}, "
-                    f"got {b} of {h}x{w}; call sample_params with the batch's shape"
+                    f"augment: parameters drawn for {p.batch_size} images of {p.src_height}x{p.src_width}"
+                    f"{' (per-image sizes)' if p.src_sizes is not None else ''}, got {what}; "
+                    "call sample_params with the batch's sizes"
                 )
             chunk = self._chunk(recipe.size, 3 * h * w, dev)
             if chunk is None or chunk >= b:
-                views.append(_normalize(augment_view(_as_float(images), p, recipe, gain), self.mean, self.std))
+                views.append(_normalize(augment_view(_as_float(data), p, recipe, gain), self.mean, self.std))
                 continue
             out = torch.empty(b, 3, recipe.size, recipe.size, device=dev)
             for s in range(0, b, chunk):
-                y = augment_view(_as_float(images[s : s + chunk]), p.slice(s, s + chunk), recipe, gain)
+                # a ragged chunk is trimmed to its own largest image (less padding to resample)
+                part = images.slice(s, s + chunk).data if ragged else data[s : s + chunk]
+                y = augment_view(_as_float(part), p.slice(s, s + chunk), recipe, gain)
                 _normalize(y, self.mean, self.std, out=out[s : s + chunk])
             views.append(out)
         return views
 
-    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> list[torch.Tensor]:
-        """``n_views`` augmented, normalized float32 views ``[B, 3, S, S]`` of ``images``."""
-        _check_images(images)
-        b, _, h, w = images.shape
-        return self.apply_params(images, self.sample_params(b, h, w, generator, images.device))
+    def forward(
+        self,
+        images: torch.Tensor | RaggedImages,
+        generator: torch.Generator | None = None,
+        share: tuple[int, int] | None = None,
+    ) -> list[torch.Tensor]:
+        """``n_views`` augmented, normalized float32 views ``[B, 3, S, S]`` of ``images``.
+
+        ``images``: a ``[B, C, H, W]`` batch or a :class:`RaggedImages` batch of differently
+        sized images (each cropped from its own extent). ``share=(rank, world)``: ``images`` are
+        rank ``rank``'s ``B`` samples of a global batch of ``world * B``; the parameters are
+        drawn for the whole global batch and rows ``rank B .. (rank + 1) B - 1`` are applied, so
+        every sample is augmented as it would be in one process.
+        """
+        rank, world = share if share is not None else (0, 1)
+        if not (isinstance(world, int) and isinstance(rank, int) and world >= 1 and 0 <= rank < world):
+            raise ConfigError(f"augment: share must be (rank, world) with 0 <= rank < world, got {share!r}")
+        if isinstance(images, RaggedImages):
+            b = len(images)
+            sizes = images.sizes.repeat(world, 1)  # the other ranks' rows: any valid size will do
+            params = self.sample_params(b * world, sizes[:, 0], sizes[:, 1], generator, images.device)
+        else:
+            _check_images(images)
+            b, _, h, w = images.shape
+            params = self.sample_params(b * world, h, w, generator, images.device)
+        if world > 1:
+            params = [p.slice(rank * b, (rank + 1) * b) for p in params]
+        return self.apply_params(images, params)
 
 
 def build_augment(
