@@ -9,6 +9,8 @@
     siamgrad reproduce NAME [size=cpu|paper] [key=value ...]
     siamgrad config [key=value ...]        print the resolved config
     siamgrad presets                       list the YAML presets
+    siamgrad data pack SRC DST [--shard-size N] [--no-shuffle] [--seed S] [--verify] [--overwrite]
+                                           pack an image folder into WebDataset tar shards (data=shards)
 
 Problems the user can fix are printed as one ``error:`` line (exit status 2), never a traceback.
 
@@ -108,6 +110,17 @@ def _cmd_reproduce(args) -> int:
     return 0
 
 
+def _cmd_data(args) -> int:
+    from .pack import pack_folder
+
+    results = pack_folder(args.src, args.dst, shard_size=args.shard_size, shuffle=not args.no_shuffle,
+                          seed=args.seed, verify=args.verify, overwrite=args.overwrite)
+    for r in results:
+        print(r.summary())
+    print(f"train from them with: siamgrad train data=shards data.root={args.dst}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="siamgrad", description="Siamese self-supervised learning under one unified gradient.",
                                 epilog=EPILOG)
@@ -143,6 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("settings", nargs="*", metavar="key=value", help="size=cpu|paper and any train setting")
     rp.add_argument("--out", default="runs/reproduce", help="output folder (default: runs/reproduce)")
     rp.set_defaults(func=_cmd_reproduce)
+    dt = sub.add_parser("data", help="data tools: `data pack SRC DST` packs an image folder into tar shards")
+    dsub = dt.add_subparsers(dest="data_command", metavar="TOOL", required=True)
+    pk = dsub.add_parser("pack", help="pack an image folder (<class>/*.jpg or flat; split subfolders kept) "
+                                      "into WebDataset tar shards with an index")
+    pk.add_argument("src", help="the image folder")
+    pk.add_argument("dst", help="an empty output folder")
+    pk.add_argument("--shard-size", type=int, default=1000, help="images per shard (default 1000)")
+    pk.add_argument("--no-shuffle", action="store_true", help="keep the sorted order (default: shuffled, seeded)")
+    pk.add_argument("--seed", type=int, default=0, help="seed of the shuffle (default 0)")
+    pk.add_argument("--verify", action="store_true", help="decode every image and leave out unreadable ones")
+    pk.add_argument("--overwrite", action="store_true", help="replace the shards of an earlier pack in DST")
+    pk.set_defaults(func=_cmd_data)
     return p
 
 

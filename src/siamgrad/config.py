@@ -33,13 +33,23 @@ def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = 
 
 @dataclass
 class DataConfig:
-    name: Literal["digits", "cifar10", "cifar100", "stl10", "imagefolder"] = "digits"
+    # shards: a folder of WebDataset-layout tar shards (siamgrad data pack SRC DST), streamed
+    name: Literal["digits", "cifar10", "cifar100", "stl10", "imagefolder", "shards"] = "digits"
     root: str | None = None
     download: bool = False
     image_size: int | None = field(default=None, metadata=_range(4))
     train_split: str | None = None  # None: "train" ("train+unlabeled" for stl10)
     test_split: str = "test"
     fraction: float = field(default=1.0, metadata=_range(0.0, 1.0, lo_open=True))
+    # streaming (siamgrad.stream): read files batch by batch instead of holding the set in memory;
+    # None: auto (always for shards, for image folders of more than 50,000 files)
+    stream: bool | None = None
+    workers: int | None = field(default=None, metadata=_range(0))  # reader processes; None: cores - 1 (max 16)
+    decode: Literal["auto", "cpu", "device"] = "auto"  # auto: JPEGs on the GPU (nvjpeg) when training on CUDA
+    shuffle_buffer: int = field(default=10_000, metadata=_range(1))  # shards: samples in the shuffle buffer
+    max_bad_fraction: float = field(default=0.01, metadata=_range(0.0, 1.0))  # more unreadable images: stop
+    max_side: int | None = field(default=512, metadata=_range(16))  # larger decoded images are scaled down
+    eval_images: int = field(default=10_000, metadata=_range(1))  # streamed kNN sets: images per split, at most
 
 
 @dataclass

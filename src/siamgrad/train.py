@@ -39,13 +39,14 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from . import distributed as D
-from .augment import build_augment
+from .augment import RaggedImages, build_augment
 from .backbones import build_backbone
 from .config import Config, dump_yaml, from_dict, to_dict
-from .data import ImageDataset, channel_stats, load_dataset
+from .data import ImageDataset, load_dataset
 from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import extract_features, knn_accuracy, raw_pixel_features
 from .optim import build_optimizer, lr_factor, scaled_lr, set_lr
+from .stream import dataset_channel_stats, load_train_set, make_batches, stream_eval_sets
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,17 +287,15 @@ class Trainer:
             torch.cuda.set_device(self.device)
         torch.manual_seed(cfg.seed)  # the same initialization on every rank
 
-        # data: the whole training set moves to the device once, as uint8
+        # data: the whole training set moves to the device once, as uint8; or, for image folders
+        # too large for memory and tar shards, it is streamed from disk (siamgrad.stream)
         d = cfg.data
-        self.train_set = load_dataset(d.name, d.root, d.train_split, image_size=d.image_size,
-                                      download=d.download)
-        if d.fraction < 1.0:
-            self.train_set = self.train_set.fraction(d.fraction, seed=cfg.seed)
+        self.train_set = load_train_set(d, cfg.seed)
         self.knn_train, self.knn_test = self._eval_sets()
-        self.mean, self.std = channel_stats(self.train_set)
+        self.mean, self.std = dataset_channel_stats(self.train_set)
         self.size = cfg.augment.size or self.train_set.image_size
-        self.batches = InMemoryBatches(self.train_set, self.device, cfg.batch_size, cfg.seed,
-                                       rank=self.rank, world=self.world)
+        self.batches = make_batches(self.train_set, self.device, cfg.batch_size, cfg.seed, data=d,
+                                    rank=self.rank, world=self.world)
         self.steps_per_epoch = len(self.batches)
         has_labels = self.train_set.labels is not None
         self.total_steps = cfg.epochs * self.steps_per_epoch
@@ -355,6 +354,12 @@ class Trainer:
 
     def _eval_sets(self) -> tuple[ImageDataset | None, ImageDataset | None]:
         d = self.cfg.data
+        if d.name == "shards" or not isinstance(self.train_set, ImageDataset):
+            # streamed data: bounded in-memory labeled subsets at the training size, on rank 0
+            if not self.is_main:
+                return None, None
+            return stream_eval_sets(d, self.train_set, self.cfg.augment.size or self.train_set.image_size,
+                                    seed=self.cfg.seed)
         labeled_train = self.train_set if self.train_set.labels is not None else None
         if labeled_train is None:
             try:
@@ -506,6 +511,8 @@ class Trainer:
         g = torch.Generator().manual_seed(self.cfg.seed * 7_919 + self.step + 1)
         if self.world == 1:
             return self.augment(images, generator=g)
+        if isinstance(images, RaggedImages):  # streamed batch: the same slicing, per-image sizes
+            return self.augment(images, generator=g, share=(self.rank, self.world))
         n, _, h, w = images.shape
         params = self.augment.sample_params(n * self.world, h, w, g, images.device)
         lo = self.rank * n
@@ -692,7 +699,7 @@ class Trainer:
             if self.cfg.diag.collapse == "stop":
                 where = self.run_dir / "latest.pt"
                 raise TrainingError(
-                    f"{msg} at step {self.step}; stopped with the last good checkpoint intact "
+                    f"{msg}; stopped with the last good checkpoint intact "
                     f"({where if where.exists() else 'none yet'}); set diag.collapse=warn to continue"
                 )
             self._say(f"warning: {msg} at step {self.step}")
