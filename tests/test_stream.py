@@ -30,6 +30,7 @@ from siamgrad.errors import DataError
 from siamgrad.stream import (
     BadImageCounter,
     FolderSource,
+    PackedStrings,
     StreamBatches,
     StreamedDataset,
     UnreadableImageWarning,
@@ -197,6 +198,14 @@ def test_shuffle_buffer_is_a_permutation_with_bounded_moves() -> None:
     first = Counter(int(shuffle_buffer_order(seq, 4, torch.Generator().manual_seed(s))[0]) for s in range(800))
     assert set(first) == {0, 1, 2, 3}
     assert all(abs(c - 200) <= 4 * math.sqrt(800 * 0.25 * 0.75) for c in first.values())
+
+
+def test_packed_file_names_round_trip() -> None:
+    names = ["cat/a.jpg", "", "dög/ß 1.png", "x" * 300]
+    packed = PackedStrings(names)
+    assert len(packed) == 4 and list(packed) == names and packed[-1] == names[-1] and packed[1:3] == names[1:3]
+    with pytest.raises(IndexError):
+        packed[4]
 
 
 # --------------------------------------------------------------------------------------------

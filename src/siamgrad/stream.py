@@ -89,6 +89,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BadImageCounter",
     "FolderSource",
+    "PackedStrings",
     "ShardSource",
     "StreamBatches",
     "StreamedDataset",
@@ -238,12 +239,39 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
+class PackedStrings(Sequence[str]):
+    """An immutable list of strings held in one bytes buffer plus an offset array.
+
+    A million Python strings in a list would be copied page by page into every forked
+    DataLoader worker as their reference counts change; two flat buffers are shared as they are.
+    """
+
+    def __init__(self, items: Sequence[str]):
+        encoded = [x.encode("utf-8") for x in items]
+        self._ends = np.cumsum([len(b) for b in encoded], dtype=np.int64)
+        self._blob = b"".join(encoded)
+
+    def __len__(self) -> int:
+        return int(self._ends.size)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        start = int(self._ends[i - 1]) if i else 0
+        return self._blob[start : int(self._ends[i])].decode("utf-8")
+
+
 class FolderSource(_Source):
     """The image files of a folder: ``<class>/*`` (labeled, sorted classes) or flat (unlabeled)."""
 
-    def __init__(self, folder: Path, files: list[str], labels: np.ndarray | None, classes: list[str]):
+    def __init__(self, folder: Path, files: Sequence[str], labels: np.ndarray | None, classes: list[str]):
         self.name, self.where = "imagefolder", Path(folder)
-        self.files = files  # paths relative to ``folder``
+        self.files = files if isinstance(files, PackedStrings) else PackedStrings(files)  # relative to folder
         self.classes = list(classes)
         self._labels = labels
         self.labels = None if labels is None else torch.from_numpy(labels.astype(np.int64))

@@ -1,0 +1,228 @@
+"""Throughput of streamed JPEG training: siamgrad's path against the per-image PIL pipeline.
+
+Both paths read the same JPEG files and run the same training step (backbone + SimCLR head,
+two views, SGD) with the same batch size, worker count and threads; only the input pipeline
+differs:
+
+* ``siamgrad``: :class:`siamgrad.stream.StreamBatches` (workers read the raw bytes; JPEGs decoded
+  on the GPU in batches on CUDA, in the workers on CPU), then the batched on-device
+  augmentation (:func:`siamgrad.augment.build_augment`, ``simclr`` preset) of the ragged batch;
+* ``per-image PIL``: a DataLoader whose workers open each file with PIL and apply torchvision's
+  ``RandomResizedCrop, RandomHorizontalFlip, ColorJitter (p 0.8), RandomGrayscale (0.2),
+  GaussianBlur (p 0.5), ToTensor, Normalize`` twice per image (the usual peers' pipeline);
+
+plus ``model alone``: the same step on views already on the device (the ceiling).
+Reported: view-images/s (one image through the backbone = one view-image) after warm-up, the
+median over ``--rounds`` rounds that alternate between the paths (so the load drift of a shared
+machine falls on all of them alike), and ``ratio = siamgrad / per-image PIL``.
+
+Default data: the CIFAR-10 subset (``../shared/data/cifar10-subset``) written out as JPEGs
+upsampled to ``--px`` pixels in a temporary folder (or ``--src`` an existing image folder).
+
+Measured on the shared 2-core CPU of development (1 worker, 2 main-process threads, other jobs
+running; CIFAR subset JPEGs at 96 px): ResNet-18, crop 96, batch 64 x 2 views: model alone 15.3,
+siamgrad 14.4, per-image PIL 14.9 view-images/s, ratio=0.97; small backbone, crop 64, batch 128:
+15.3 / 9.6 / 14.6, ratio=0.66 (noisy rounds: 12.1, 9.6, 7.0). On a CPU the model dominates and
+siamgrad's augmentation runs in the training process, serial with the model, while the PIL
+workers overlap theirs with it; the streamed path is built for the GPU (nvjpeg batches,
+augmentation on the device), where the issue measured the PIL pipeline at ~1,300 of the 4,100
+view-images/s a ResNet-50 can take. Not measured on a GPU here.
+
+    python benchmarks/bench_stream.py                         # CPU-sized defaults
+    python benchmarks/bench_stream.py --device cuda --backbone resnet50 --px 256 --size 224 \\
+        --batch 256 --workers 15 --images 20000 --steps 30      # the ImageNet-like GPU setting
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from siamgrad import methods  # noqa: E402
+from siamgrad.augment import blur_kernel_size, build_augment  # noqa: E402
+from siamgrad.backbones import build_backbone  # noqa: E402
+from siamgrad.data import load_dataset  # noqa: E402
+from siamgrad.stream import FolderSource, StreamBatches  # noqa: E402
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def write_jpegs(dst: Path, n: int, px: int, cifar: Path) -> int:
+    """The first ``n`` CIFAR subset training images, bilinear-upsampled to ``px``, as JPEG q90."""
+    import torch.nn.functional as F
+    from torchvision.io import encode_jpeg
+
+    ds = load_dataset("cifar10", cifar, "train")
+    n = min(n, len(ds))
+    for c in ds.classes:
+        (dst / c).mkdir(parents=True, exist_ok=True)
+    for lo in range(0, n, 256):
+        x = ds.images[lo : min(n, lo + 256)].float()
+        if px != x.shape[-1]:
+            x = F.interpolate(x, size=(px, px), mode="bilinear", align_corners=False, antialias=True)
+        x = x.round().clamp(0, 255).to(torch.uint8)
+        for k, img in enumerate(x):
+            i = lo + k
+            (dst / ds.classes[int(ds.labels[i])] / f"{i:06d}.jpg").write_bytes(encode_jpeg(img, quality=90).numpy().tobytes())
+    return n
+
+
+class PILPairs(torch.utils.data.Dataset):
+    """Two torchvision-augmented views per image, PIL decoding, per image in a worker."""
+
+    def __init__(self, files: list[Path], size: int):
+        from torchvision import transforms as T
+
+        k = blur_kernel_size(size)
+        s = size / 224  # the blur sigma range of the ImageNet recipe, scaled as siamgrad does
+        self.files = files
+        self.t = T.Compose([
+            T.RandomResizedCrop(size, scale=(0.2, 1.0)),
+            T.RandomHorizontalFlip(),
+            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            T.RandomGrayscale(p=0.2),
+            T.RandomApply([T.GaussianBlur(k, sigma=(0.1 * s, 2.0 * s))], p=0.5),
+            T.ToTensor(),
+            T.Normalize(MEAN, STD),
+        ])
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        with Image.open(self.files[i]) as im:
+            im = im.convert("RGB")
+            return self.t(im), self.t(im)
+
+
+def _set_threads(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--src", help="an image folder to read (default: CIFAR subset JPEGs written to a temp dir)")
+    ap.add_argument("--cifar", default=str(REPO.parent / "shared" / "data" / "cifar10-subset"))
+    ap.add_argument("--images", type=int, default=2048, help="images written from the CIFAR subset")
+    ap.add_argument("--px", type=int, default=96, help="side of the written JPEGs")
+    ap.add_argument("--size", type=int, default=None, help="output crop size (default: --px)")
+    ap.add_argument("--backbone", default="resnet18")
+    ap.add_argument("--batch", type=int, default=64, help="images per step (each gives 2 views)")
+    ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    ap.add_argument("--steps", type=int, default=6, help="timed steps per path (over all rounds)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating timing rounds")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--compile", action="store_true")
+    args = ap.parse_args()
+    size = args.size or args.px
+    dev = torch.device(args.device)
+    gpu = dev.type == "cuda"
+    amp = torch.bfloat16 if gpu else None
+
+    tmp = None
+    if args.src:
+        root = Path(args.src)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="bench_stream_")
+        root = Path(tmp.name)
+        t = time.perf_counter()
+        n = write_jpegs(root, args.images, args.px, Path(args.cifar))
+        print(f"wrote {n} JPEGs of {args.px}x{args.px} to {root} in {time.perf_counter() - t:.1f}s", flush=True)
+    source = FolderSource.scan(root)
+    files = [source.where / f for f in source.files]
+    needed = (args.warmup + args.steps) * args.batch
+    if len(files) < needed:
+        print(f"note: {len(files)} images < {needed} needed for one pass; the paths wrap into a second epoch")
+
+    backbone, dim = build_backbone(args.backbone, cifar_stem=size <= 64)
+    method = methods.build("simclr", backbone, dim, proj_hidden_dim=512, proj_output_dim=128).to(dev)
+    if gpu:
+        method = method.to(memory_format=torch.channels_last)
+    if args.compile:
+        method.backbone.compile()
+    opt = torch.optim.SGD(method.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+
+    def step(views: list[torch.Tensor]) -> None:
+        if gpu:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
+            loss, _ = method.training_step(views)
+        loss.backward()
+        opt.step()
+
+    def sync() -> None:
+        if gpu:
+            torch.cuda.synchronize(dev)
+
+    def run(it, n: int) -> float:
+        """Seconds for ``n`` steps drawn from the iterator ``it``."""
+        sync()
+        t = time.perf_counter()
+        for _ in range(n):
+            step(next(it))
+        sync()
+        return time.perf_counter() - t
+
+    print(f"device {dev}, backbone {args.backbone}, batch {args.batch} x 2 views, crop {size}px, "
+          f"{args.workers} worker(s), {torch.get_num_threads()} main-process threads, {len(files)} files", flush=True)
+
+    # the model alone: fixed views already on the device
+    fixed = [torch.randn(args.batch, 3, size, size, device=dev) for _ in range(2)]
+
+    # siamgrad: streamed bytes, batched decode, batched ragged augmentation on the device
+    aug = build_augment("simclr", size, 2, mean=MEAN, std=STD)
+    stream = StreamBatches(source, dev, args.batch, seed=0, workers=args.workers, max_side=512)
+
+    def ours():
+        s, epoch = 0, 0
+        while True:
+            for images, _ in stream.epoch(epoch):
+                yield aug(images, generator=torch.Generator().manual_seed(s))
+                s += 1
+            epoch += 1
+
+    # per-image PIL + torchvision transforms in DataLoader workers
+    loader = torch.utils.data.DataLoader(PILPairs(files, size), batch_size=args.batch, shuffle=True, drop_last=True,
+                                         num_workers=args.workers, pin_memory=gpu, persistent_workers=True,
+                                         worker_init_fn=_set_threads, prefetch_factor=4)
+
+    def pil():
+        while True:
+            for v1, v2 in loader:
+                yield [v1.to(dev, non_blocking=True), v2.to(dev, non_blocking=True)]
+
+    # warm up every path, then time them in alternating rounds (a shared machine's load drifts:
+    # alternating spreads it over the paths alike); each figure is the median over its rounds
+    paths = {"model alone": iter(lambda: fixed, None), "siamgrad": ours(), "per-image PIL": pil()}
+    for it in paths.values():
+        run(it, args.warmup)
+    per_round = max(1, args.steps // args.rounds)
+    rates: dict[str, list[float]] = {k: [] for k in paths}
+    for _ in range(args.rounds):
+        for name, it in paths.items():
+            rates[name].append(per_round * args.batch * 2 / run(it, per_round))
+    med = {k: sorted(v)[len(v) // 2] for k, v in rates.items()}
+    for name, v in rates.items():
+        print(f"{name:<16} {med[name]:10.1f} view-images/s   (rounds: {', '.join(f'{x:.1f}' for x in v)})")
+    fast, slow, alone = med["siamgrad"], med["per-image PIL"], med["model alone"]
+    print(f"ratio={fast / slow:.2f}  (siamgrad / per-image PIL; siamgrad at {100 * fast / alone:.0f}% of the "
+          f"model alone, per-image PIL at {100 * slow / alone:.0f}%)")
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
