@@ -422,3 +422,9 @@ def test_shards_train_from_the_command_line(split_folder, tmp_path) -> None:
     assert isinstance(ds, StreamedDataset) and len(ds) == 36 and ds.classes == list(CLASSES)
     res = train(cfg, log=False)
     assert res.step == 2 and res.knn_accuracy is not None
+    # `siamgrad eval knn` on the shards run: the trainer's labeled subsets, the same figure
+    from siamgrad.evaluate import evaluate_checkpoint
+
+    out = evaluate_checkpoint("knn", str(res.run_dir / "latest.pt"), ["data.workers=0"])
+    assert out["knn_top1"] == pytest.approx(res.knn_accuracy, abs=1e-6)
+    assert main(["eval", "knn", str(res.run_dir), "data.workers=0"]) == 0

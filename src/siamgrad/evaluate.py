@@ -167,15 +167,25 @@ def evaluate_checkpoint(protocol: str, checkpoint: str, settings: list[str] | No
     data moved, or ``eval.knn_k=20``.
     """
     from .config import build_config
-    from .data import load_dataset
+    from .data import DataError, load_dataset
+    from .stream import IMAGEFOLDER_DEFAULT_SIZE, load_train_set, should_stream, stream_eval_sets
 
     backbone, state = load_backbone(checkpoint)
     cfg = build_config(settings, base=state["config"])
     d = cfg.data
-    train = load_dataset(d.name, d.root, "train", image_size=d.image_size)
-    test = load_dataset(d.name, d.root, d.test_split, image_size=d.image_size)
+    if d.name == "shards" or should_stream(d):
+        # streamed data (shards, large image folders): the trainer's bounded labeled subsets
+        # (at most data.eval_images per split, class-stratified), decoded at the training size
+        size = int(state.get("image_size") or cfg.augment.size or d.image_size or IMAGEFOLDER_DEFAULT_SIZE)
+        train, test = stream_eval_sets(d, load_train_set(d, cfg.seed), size, seed=cfg.seed)
+        if train is None or test is None:
+            raise DataError(f"{d.name} data at {d.root} has no labeled train and {d.test_split} splits to "
+                            "evaluate on; pack or point data.root to a dataset with class labels and a test split")
+    else:
+        train = load_dataset(d.name, d.root, "train", image_size=d.image_size)
+        test = load_dataset(d.name, d.root, d.test_split, image_size=d.image_size)
+        size = int(state.get("image_size") or train.image_size)
     mean, std = tuple(state["mean"]), tuple(state["std"])
-    size = int(state.get("image_size") or train.image_size)
     ftr = extract_features(backbone, train.images, mean, std, size=size)
     fte = extract_features(backbone, test.images, mean, std, size=size)
     out: dict = {"checkpoint_step": int(state.get("step", 0))}
