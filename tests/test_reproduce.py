@@ -88,6 +88,29 @@ def test_failed_run_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch):
     assert [r["lr"] for r in rows] == ["100.0", "0.5"]  # optim.lr varies: a column, the default where unset
 
 
+def test_only_trains_the_named_runs(tmp_path, monkeypatch):
+    import siamgrad.train as train_mod
+
+    calls = []
+
+    def fake_train(cfg, log=True):
+        calls.append(cfg.run_name)
+        return train_mod.TrainResult(Path(cfg.out_dir) / cfg.run_name, 7, 41.5, 20.0, 30.0, 42.0)
+
+    monkeypatch.setattr(train_mod, "train", fake_train)
+    exp = reproduce.Experiment("toy", sizes={"cpu": TINY},
+                               runs=[("a", ["method=simclr"]), ("b", ["method=byol"]), ("c", ["method=moco"])])
+    monkeypatch.setitem(reproduce.EXPERIMENTS, "toy3", exp)
+    md = reproduce.run_experiment("toy3", ["only=c,a"], out_dir=str(tmp_path), log=False)
+    assert calls == ["a", "c"]  # the grid's order, not the option's
+    assert "siamgrad reproduce toy3 size=cpu only=c,a" in md.read_text()
+    assert [r["run"] for r in csv.DictReader(open(md.parent / "results.csv"))] == ["a", "c"]
+    with pytest.raises(ConfigError, match="only=x: no such run in 'toy3' size=cpu; its runs are: a, b, c"):
+        reproduce.run_experiment("toy3", ["only=a,x"], out_dir=str(tmp_path), log=False)
+    with pytest.raises(ConfigError, match="only= is empty"):
+        reproduce.run_experiment("toy3", ["only="], out_dir=str(tmp_path), log=False)
+
+
 def test_unknown_experiment_and_size():
     with pytest.raises(ConfigError, match="unknown experiment 'nope'"):
         reproduce.run_experiment("nope")

@@ -6,7 +6,7 @@
     siamgrad analyze RUN                   plots + report.html of a run
     siamgrad analyze gradients CHECKPOINT_OR_RUN   gradient decomposition of every method, one batch
     siamgrad compare RUN RUN ... [--out DIR]
-    siamgrad reproduce NAME [size=cpu|paper] [key=value ...]
+    siamgrad reproduce NAME [size=cpu|paper] [only=RUN,RUN] [key=value ...]
     siamgrad config [key=value ...]        print the resolved config
     siamgrad presets                       list the YAML presets
     siamgrad data pack SRC DST [--shard-size N] [--no-shuffle] [--seed S] [--verify] [--overwrite]
@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.set_defaults(func=_cmd_compare)
     rp = sub.add_parser("reproduce", help="run a seed paper's experiment grid (`reproduce list` lists them)")
     rp.add_argument("name", nargs="?", help="experiment name, or 'list'")
-    rp.add_argument("settings", nargs="*", metavar="key=value", help="size=cpu|paper and any train setting")
+    rp.add_argument("settings", nargs="*", metavar="key=value", help="size=cpu|paper, only=RUN,RUN (train only these runs of the grid) and any train setting")
     rp.add_argument("--out", default="runs/reproduce", help="output folder (default: runs/reproduce)")
     rp.set_defaults(func=_cmd_reproduce)
     dt = sub.add_parser("data", help="data tools: `data pack SRC DST` packs an image folder into tar shards")
