@@ -269,5 +269,20 @@ def test_width_scaled_option_sets_lambda_and_l2_normalization() -> None:
         b = bt.branches(views)
         on, off = dec.barlow_twins_terms(l2n(b.online[0]), l2n(b.online[1]))
     assert loss.item() == pytest.approx((on + 0.02 * off).item(), rel=1e-5)
+    # l2 alone: the same normalization with the given lambd; neither: the features as they are
+    torch.manual_seed(0)
+    bt_l2 = methods.build("barlow_twins", backbone, 16, proj_hidden_dim=32, proj_output_dim=256, l2=True, lambd=0.3)
+    loss_l2, _ = bt_l2.training_step(views)
+    torch.manual_seed(0)
+    bt_raw = methods.build("barlow_twins", backbone, 16, proj_hidden_dim=32, proj_output_dim=256, lambd=0.3)
+    loss_raw, _ = bt_raw.training_step(views)
+    with torch.no_grad():
+        b = bt_l2.branches(views)
+        on, off = dec.barlow_twins_terms(l2n(b.online[0]), l2n(b.online[1]))
+        on_r, off_r = dec.barlow_twins_terms(b.online[0], b.online[1])
+    assert bt_l2.params["lambd_effective"] == 0.3
+    assert loss_l2.item() == pytest.approx((on + 0.3 * off).item(), rel=1e-5)
+    assert loss_raw.item() == pytest.approx((on_r + 0.3 * off_r).item(), rel=1e-5)
+    assert abs(loss_l2.item() - loss_raw.item()) > 1e-4
     vic = methods.build("vicreg", backbone, 16, proj_hidden_dim=32, proj_output_dim=512, width_scaled=True, cov_weight=2.0)
     assert vic.params["cov_weight_effective"] == pytest.approx(2.0 * 0.01 / 0.0008)

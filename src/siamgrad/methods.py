@@ -333,7 +333,7 @@ def _asymmetric_gradient(b: Branches, o: dict, st: CorrelationEMA) -> tuple[Tens
 
 
 def _barlow_original(b: Branches, o: dict, st: Any) -> tuple[Tensor, Logs]:
-    l2 = o["width_scaled"]
+    l2 = o["l2"] or o["width_scaled"]
     if len(b.online) == 2:
         on, off = dec.barlow_twins_terms(b.online[0], b.online[1], l2=l2)
     else:
@@ -561,6 +561,7 @@ REGISTRY: dict[str, MethodSpec] = {
                 "width_scaled": Option(
                     False, "bool", "l2-normalize before standardizing and use lambda(d) of arXiv 2312.10725 (overrides lambd)"
                 ),
+                "l2": Option(False, "bool", "l2-normalize before standardizing, keeping lambd (width_scaled implies it)"),
                 "lam": _pos_float(50.0, "gradient form: balance lambda"),
             },
             targets={"original": ("none",), "gradient": _ALL_TARGETS},

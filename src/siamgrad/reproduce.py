@@ -172,11 +172,12 @@ def _width(d: int) -> list[str]:
     return [f"method.proj_hidden_dim={d}", f"method.proj_output_dim={d}"]
 
 
-# CPU: three widths x three weights: Barlow Twins' 0.0051 (its paper's value, tuned for 8192-d) and
-# the lambda(d) of arXiv 2312.10725 at 512-d (0.01) and 128-d (0.04); VICReg's cov_weight 1 (its
+# CPU: three widths x three weights: Barlow Twins (l2-normalized features, as in arXiv 2312.10725)
+# with 0.0051 (its paper's value, tuned for 8192-d) and the lambda(d) of arXiv 2312.10725 at 512-d
+# (0.01) and 128-d (0.04); VICReg's cov_weight 1 (its
 # paper's) and the same width scaling applied to it (x 12.5 at 512-d, x 50 at 128-d).
 _SMALL_PROJ_CPU: Runs = [
-    *[(f"bt-d{d}-lambd{w:g}", ["method=barlow_twins", *_width(d), f"method.lambd={w}"])
+    *[(f"bt-d{d}-lambd{w:g}", ["method=barlow_twins", "method.l2=true", *_width(d), f"method.lambd={w}"])
       for d in (32, 128, 512) for w in (0.0051, 0.01, 0.04)],
     *[(f"vicreg-d{d}-cov{w:g}", [*_VICREG_CPU, *_width(d), f"method.cov_weight={w}"])
       for d in (32, 128, 512) for w in (1.0, 12.5, 50.0)],
