@@ -273,6 +273,20 @@ EXPERIMENTS: dict[str, Experiment] = {
         paper="arXiv 2312.10725: with the off-diagonal weight scaled like 1/d (d=128: 0.04 ... 8192: 0.0008, "
               "l2-normalized features) a 256-d projector matches an 8192-d one.",
     ),
+    "unigrad_lambda": Experiment(
+        "UniGrad's balance lambda: the weight of the negative term lambda F u1 against the pull -u2^m, "
+        "with the preset's momentum encoder",
+        sizes={"cpu": [*_CPU, "epochs=4"], "paper": ["preset=cifar10_resnet18", "epochs=200", *_PAPER]},
+        runs={"cpu": _baseline_once([(f"unigrad-lam{lam:g}", ["method=unigrad", f"method.lam={lam}",
+                                                              "method.momentum=0.99"])
+                                     for lam in (0.5, 2.0, 5.0, 10.0, 20.0, 50.0)]),
+              "paper": [(f"unigrad-lam{lam:g}", ["method=unigrad", f"method.lam={lam}", "method.momentum=0.996"])
+                        for lam in (25.0, 50.0, 100.0, 200.0, 400.0)]},
+        columns=["method.lam"],
+        x="lam",
+        paper="UniGrad's reference setting is lambda 100 with a 2048-d projector; the negative term "
+              "F u1 of a unit vector shrinks like 1/width, so a 128-d projector needs a smaller lambda.",
+    ),
     "many_views": Experiment(
         "arXiv 2312.10725: M views per image at equal epochs, on 100/50/25% of the training data",
         sizes={"cpu": [*_CPU, "epochs=5"],
