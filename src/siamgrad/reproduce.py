@@ -267,7 +267,7 @@ EXPERIMENTS: dict[str, Experiment] = {
                "paper": ["preset=cifar10_resnet50_small_proj", *_PAPER],
                "paper_stl10": ["preset=stl10_resnet50_small_proj", *_PAPER]},
         runs={"cpu": _baseline_once(_SMALL_PROJ_CPU), "paper": _SMALL_PROJ_PAPER, "paper_stl10": _SMALL_PROJ_PAPER},
-        columns=["method.proj_output_dim", "method.lambd", "method.cov_weight", "method.width_scaled"],
+        columns=["method.proj_output_dim", "method.lambd", "method.l2", "method.cov_weight", "method.width_scaled"],
         x="proj_output_dim",
         hue=["method", "lambd", "cov_weight", "width_scaled"],
         paper="arXiv 2312.10725: with the off-diagonal weight scaled like 1/d (d=128: 0.04 ... 8192: 0.0008, "
@@ -389,7 +389,7 @@ def setting_value(cfg: Any, key: str) -> Any:
 # BYOL/SimSiam exists in the gradient form, their trained predictor in the original form
 _GRADIENT_ONLY = {"byol": {"rho", "eps"}, "simsiam": {"rho", "eps"}}
 _ORIGINAL_ONLY = {"byol": {"pred_layers", "pred_hidden_dim"}, "simsiam": {"pred_layers", "pred_hidden_dim"},
-                  "barlow_twins": {"lambd", "width_scaled"},
+                  "barlow_twins": {"lambd", "l2", "width_scaled"},
                   "vicreg": {"sim_weight", "var_weight", "cov_weight", "width_scaled"}}
 
 
