@@ -104,6 +104,7 @@ def test_only_trains_the_named_runs(tmp_path, monkeypatch):
     md = reproduce.run_experiment("toy3", ["only=c,a"], out_dir=str(tmp_path), log=False)
     assert calls == ["a", "c"]  # the grid's order, not the option's
     assert "siamgrad reproduce toy3 size=cpu only=c,a" in md.read_text()
+    assert "In progress" not in md.read_text()  # both named runs done
     assert [r["run"] for r in csv.DictReader(open(md.parent / "results.csv"))] == ["a", "c"]
     with pytest.raises(ConfigError, match="only=x: no such run in 'toy3' size=cpu; its runs are: a, b, c"):
         reproduce.run_experiment("toy3", ["only=a,x"], out_dir=str(tmp_path), log=False)

@@ -565,7 +565,8 @@ def _write_results(root: Path, name: str, size: str, exp: Experiment, rows: list
     atomic_write_text(root / "results.csv", buf.getvalue())
     cmd = " ".join(["siamgrad reproduce", name, f"size={size}", *extra])
     done = len(rows)
-    total = len(exp.runs_for(size))
+    only = next((e.partition("=")[2].split(",") for e in extra if e.startswith("only=")), None)
+    total = len(exp.runs_for(size)) if only is None else len({o.strip() for o in only if o.strip()})
     md = [f"# {name} ({size})", "", exp.description, "", f"Command: `{cmd}`", "",
           "Shared settings: `" + " ".join(exp.sizes[size]) + "`", ""]
     if done < total:
