@@ -19,14 +19,13 @@ machine falls on all of them alike), and ``ratio = siamgrad / per-image PIL``.
 Default data: the CIFAR-10 subset (``../shared/data/cifar10-subset``) written out as JPEGs
 upsampled to ``--px`` pixels in a temporary folder (or ``--src`` an existing image folder).
 
-Measured on the shared 2-core CPU of development (1 worker, 2 main-process threads, other jobs
-running; CIFAR subset JPEGs at 96 px): ResNet-18, crop 96, batch 64 x 2 views: model alone 15.3,
-siamgrad 14.4, per-image PIL 14.9 view-images/s, ratio=0.97; small backbone, crop 64, batch 128:
-15.3 / 9.6 / 14.6, ratio=0.66 (noisy rounds: 12.1, 9.6, 7.0). On a CPU the model dominates and
-siamgrad's augmentation runs in the training process, serial with the model, while the PIL
-workers overlap theirs with it; the streamed path is built for the GPU (nvjpeg batches,
-augmentation on the device), where the issue measured the PIL pipeline at ~1,300 of the 4,100
-view-images/s a ResNet-50 can take. Not measured on a GPU here.
+Measured on the 2-core development CPU, alone on it (1 worker, 2 main-process threads, fp32;
+CIFAR subset JPEGs at 96 px): ResNet-18 (ImageNet stem), crop 96, batch 64 x 2 views: model
+alone 76.0, siamgrad 71.0, per-image PIL 71.3 view-images/s, ratio=0.99; small backbone, crop 64,
+batch 128 (``--backbone small --size 64 --batch 128``): 54.9 / 54.9 / 53.9, ratio=1.02. On a CPU
+the model bounds both paths (each at 93-100% of the model alone); the streamed path is built for
+the GPU (nvjpeg batches, augmentation on the device), where the per-image PIL pipeline has been
+reported to feed ~1,300 of the 4,100 view-images/s a ResNet-50 can take. Not measured on a GPU.
 
     python benchmarks/bench_stream.py                         # CPU-sized defaults
     python benchmarks/bench_stream.py --device cuda --backbone resnet50 --px 256 --size 224 \\
