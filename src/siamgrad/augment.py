@@ -402,65 +402,22 @@ def sample_crop_boxes(
 
     Returns ``(top, left, h, w)`` as int64 tensors ``[B]``.
     """
-    if isinstance(height, torch.Tensor) or isinstance(width, torch.Tensor):
-        return _crop_boxes_per_sample(u_area, u_ratio, u_top, u_left, height, width, scale, ratio)
-    area = float(height * width)
-    target = area * _uniform(u_area, scale[0], scale[1])
-    aspect = torch.exp(_uniform(u_ratio, math.log(ratio[0]), math.log(ratio[1])))
-    w = torch.round(torch.sqrt(target * aspect))
-    h = torch.round(torch.sqrt(target / aspect))
-    valid = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    first = valid.to(torch.uint8).argmax(dim=1, keepdim=True)  # first valid candidate (or 0)
-    found = valid.any(dim=1)
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        fw, fh = width, int(round(width / ratio[0]))
-    elif in_ratio > ratio[1]:
-        fw, fh = int(round(height * ratio[1])), height
-    else:
-        fw, fh = width, height
-    w = torch.where(found, w.gather(1, first).squeeze(1), float(fw)).long()
-    h = torch.where(found, h.gather(1, first).squeeze(1), float(fh)).long()
-    n_top = height - h + 1
-    n_left = width - w + 1
-    top = torch.minimum((u_top * n_top).floor().long(), n_top - 1)
-    left = torch.minimum((u_left * n_left).floor().long(), n_left - 1)
-    # the fallback box is centered, as torchvision's
-    top = torch.where(found, top, (height - h) // 2)
-    left = torch.where(found, left, (width - w) // 2)
-    return top, left, h, w
-
-
-def _crop_boxes_per_sample(
-    u_area: torch.Tensor,
-    u_ratio: torch.Tensor,
-    u_top: torch.Tensor,
-    u_left: torch.Tensor,
-    height: int | torch.Tensor,
-    width: int | torch.Tensor,
-    scale: tuple[float, float],
-    ratio: tuple[float, float],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`sample_crop_boxes` with a size per sample (integer tensors ``[B]``).
-
-    Written with the same float32/float64 operations in the same order as the one-size form, so
-    a batch whose images all have one size gets bit-identical boxes.
-    """
-    b = u_area.shape[0]
-    dev = u_area.device
+    b, dev = u_area.shape[0], u_area.device
     hi = torch.as_tensor(height, device=dev).to(torch.int64).expand(b)
     wi = torch.as_tensor(width, device=dev).to(torch.int64).expand(b)
-    if bool((hi < 1).any()) or bool((wi < 1).any()):
+    if (isinstance(height, torch.Tensor) or isinstance(width, torch.Tensor)) and (
+        bool((hi < 1).any()) or bool((wi < 1).any())
+    ):
         raise DataError("augment: every image of a ragged batch needs a height and width >= 1")
-    area = (hi * wi).to(torch.float32)[:, None]  # exact below 2^24 pixels, as float(H W) is
+    area = (hi * wi).to(torch.float32)[:, None]  # exact below 2^24 pixels
     target = area * _uniform(u_area, scale[0], scale[1])
     aspect = torch.exp(_uniform(u_ratio, math.log(ratio[0]), math.log(ratio[1])))
     w = torch.round(torch.sqrt(target * aspect))
     h = torch.round(torch.sqrt(target / aspect))
     valid = (w > 0) & (w <= wi[:, None]) & (h > 0) & (h <= hi[:, None])
-    first = valid.to(torch.uint8).argmax(dim=1, keepdim=True)
+    first = valid.to(torch.uint8).argmax(dim=1, keepdim=True)  # first valid candidate (or 0)
     found = valid.any(dim=1)
-    # the fallback box per image, in float64 as the one-size form computes it in Python floats
+    # the fallback box per image, in float64 (as torchvision computes it in Python floats)
     hd, wd = hi.double(), wi.double()
     in_ratio = wd / hd
     narrow, wide = in_ratio < ratio[0], in_ratio > ratio[1]
@@ -474,6 +431,7 @@ def _crop_boxes_per_sample(
     n_left = wi - w + 1
     top = torch.minimum((u_top * n_top).floor().long(), n_top - 1)
     left = torch.minimum((u_left * n_left).floor().long(), n_left - 1)
+    # the fallback box is centered, as torchvision's
     top = torch.where(found, top, (hi - h) // 2)
     left = torch.where(found, left, (wi - w) // 2)
     return top, left, h, w
