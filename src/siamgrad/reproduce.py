@@ -506,7 +506,7 @@ def run_experiment(name: str, settings: list[str] | None = None, out_dir: str = 
             rows.append(_order(row, keys, exp))
             if log:
                 print(f"[{name}/{size}] {label}: failed ({first})", flush=True)
-            _write_results(root, name, size, exp, rows, extra)
+            _write_results(root, name, size, exp, rows, extra, len(runs))
             continue
         if not timing.exists() or result.step != json.loads(timing.read_text()).get("step"):
             atomic_write_text(timing, json.dumps({"seconds": time.monotonic() - t0,
@@ -525,10 +525,10 @@ def run_experiment(name: str, settings: list[str] | None = None, out_dir: str = 
             knn = row["knn_top1"]
             shown = "n/a" if knn is None else f"{knn:.2f}%"
             print(f"[{name}/{size}] {label}: kNN {shown} ({row['minutes']:.1f} min)", flush=True)
-        _write_results(root, name, size, exp, rows, extra)
+        _write_results(root, name, size, exp, rows, extra, len(runs))
     if not rows:
         raise ConfigError(f"experiment '{name}' has no runs for size={size}")
-    return _write_results(root, name, size, exp, rows, extra)
+    return _write_results(root, name, size, exp, rows, extra, len(runs))
 
 
 _RESULT_COLUMNS = ["knn_top1", "best_knn_top1", "knn_full_train", "random_init_knn", "raw_pixel_knn", "eff_rank",
@@ -556,7 +556,8 @@ def _fmt(v: Any) -> str:
 
 
 def _write_results(root: Path, name: str, size: str, exp: Experiment, rows: list[dict],
-                   extra: list[str]) -> Path:
+                   extra: list[str], total: int) -> Path:
+    """Write results.csv/.md/.png of ``rows``; ``total``: the runs this invocation trains."""
     cols = list(rows[0].keys())
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols)
@@ -565,8 +566,6 @@ def _write_results(root: Path, name: str, size: str, exp: Experiment, rows: list
     atomic_write_text(root / "results.csv", buf.getvalue())
     cmd = " ".join(["siamgrad reproduce", name, f"size={size}", *extra])
     done = len(rows)
-    only = next((e.partition("=")[2].split(",") for e in extra if e.startswith("only=")), None)
-    total = len(exp.runs_for(size)) if only is None else len({o.strip() for o in only if o.strip()})
     md = [f"# {name} ({size})", "", exp.description, "", f"Command: `{cmd}`", "",
           "Shared settings: `" + " ".join(exp.sizes[size]) + "`", ""]
     if done < total:
