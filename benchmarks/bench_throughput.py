@@ -9,9 +9,9 @@ Unit: view-images per second, one view-image being one augmented image through t
 The two pipelines, fed from the same in-memory uint8 images (the CIFAR-10 subset by default):
 
 * **siamgrad**: the uint8 batch is indexed in memory, augmented as a whole by
-  :func:`siamgrad.augment.build_augment` (per-sample random parameters, batched tensor ops), then
+  :func:`siamgrad.augment.multiview.build_augment` (per-sample random parameters, batched tensor ops), then
   ``method.training_step(views)`` -> ``backward`` -> ``optimizer.step`` -> ``on_step_end``, the
-  calls of :class:`siamgrad.train.Trainer`.
+  calls of :class:`siamgrad.train.loop.Trainer`.
 * **peer** (the lightly / solo-learn recipe): a ``torch.utils.data.Dataset`` of PIL images (made
   once from the same uint8 arrays) whose ``__getitem__`` draws M views, each through torchvision's
   classic per-image transforms ``RandomResizedCrop -> RandomHorizontalFlip -> RandomApply(ColorJitter)
@@ -46,10 +46,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from siamgrad.augment import ViewRecipe, blur_kernel_size, build_augment
-from siamgrad.backbones import build_backbone
-from siamgrad.data import ImageDataset, channel_stats, load_dataset
-from siamgrad.methods import build as build_method
+from siamgrad.augment.multiview import ViewRecipe, blur_kernel_size, build_augment
+from siamgrad.models.backbones import build_backbone
+from siamgrad.data.datasets import ImageDataset, channel_stats, load_dataset
+from siamgrad.methods.registry import build as build_method
 
 DEFAULT_ROOT = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-subset")
 # the CPU preset's recipe: the CIFAR views with the UniGrad crop range 0.2-1 (configs/cifar10_cpu.yaml)

@@ -5,7 +5,7 @@
 
 Both sides train the ``cifar10_cpu`` preset (UniGrad, small ResNet, 32 px, batch 256, 2 views,
 bf16 autocast + channels_last) on the CIFAR-10 subset, from the same initialization (same seed),
-with :class:`siamgrad.train.Trainer`'s own step (learning-rate schedule, autocast, backward,
+with :class:`siamgrad.train.loop.Trainer`'s own step (learning-rate schedule, autocast, backward,
 optimizer, momentum update). They differ in where the views come from:
 
 * **siamgrad**: the Trainer's pipeline -- uint8 images in memory, batched augmentation;
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_throughput import DEFAULT_ROOT, SCALE, peer_dataset, peer_loader  # noqa: E402
 
 from siamgrad.config import build_config  # noqa: E402
-from siamgrad.train import Trainer  # noqa: E402
+from siamgrad.train.loop import Trainer  # noqa: E402
 
 
 class _Feed:

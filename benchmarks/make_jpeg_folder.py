@@ -23,7 +23,7 @@ from torchvision.io import encode_jpeg
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from siamgrad.data import load_dataset  # noqa: E402
+from siamgrad.data.datasets import load_dataset  # noqa: E402
 
 
 def write_split(src: str, split: str, dst: Path, px: int, quality: int = 90) -> int:

@@ -1,4 +1,4 @@
-"""Tests of siamgrad.augment: batched per-sample augmentations.
+"""Tests of siamgrad.augment.multiview: batched per-sample augmentations.
 
 Every number is checked against an independent computation: torchvision's functional ops and
 ``RandomResizedCrop.get_params`` applied image by image, numpy re-derivations, or rates that
@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms.v2 import functional as TF
 
-from siamgrad import augment
-from siamgrad.augment import (
+from siamgrad.augment import multiview as augment
+from siamgrad.augment.multiview import (
     PRESETS,
     MultiViewAugment,
     ViewParams,

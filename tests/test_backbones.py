@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from siamgrad.backbones import build_backbone
+from siamgrad.models.backbones import build_backbone
 from siamgrad.errors import ConfigError
 
 

@@ -1,4 +1,4 @@
-"""Tests of siamgrad.data: every loader reads files written here in the real on-disk formats.
+"""Tests of siamgrad.data.datasets: every loader reads files written here in the real on-disk formats.
 
 The writers in this file are independent of the loaders: they lay the pixels out the way the
 official formats describe (CIFAR rows of 1024 R, 1024 G, 1024 B bytes; STL-10 images stored
@@ -24,8 +24,8 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from siamgrad import data
-from siamgrad.data import (
+from siamgrad.data import datasets as data
+from siamgrad.data.datasets import (
     DATASETS,
     ImageDataset,
     RestrictedUnpickler,

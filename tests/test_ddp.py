@@ -44,10 +44,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from siamgrad import checkpoint as ck
-from siamgrad import methods
+from siamgrad.methods import registry as methods
 from siamgrad.config import build_config
 from siamgrad.errors import ConfigError
-from siamgrad.train import Trainer, read_metrics, train
+from siamgrad.train.loop import Trainer, read_metrics, train
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or sys.platform == "win32",
                                 reason="needs torch.distributed with gloo")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from siamgrad.evaluate import knn_accuracy, knn_predict, linear_probe
+from siamgrad.eval.knn import knn_accuracy, knn_predict, linear_probe
 
 
 def _numpy_knn(train, labels, test, k, t, c):
@@ -61,8 +61,8 @@ def test_raw_pixel_baseline_on_cifar_subset():
     """The raw-pixel kNN on the shared CIFAR-10 subset is about 34.8% (the figure the project quotes)."""
     from pathlib import Path
 
-    from siamgrad.data import channel_stats, load_dataset
-    from siamgrad.evaluate import raw_pixel_features
+    from siamgrad.data.datasets import channel_stats, load_dataset
+    from siamgrad.eval.knn import raw_pixel_features
 
     root = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-subset"
     if not root.is_dir():

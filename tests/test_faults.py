@@ -35,12 +35,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from siamgrad import checkpoint as ck
-from siamgrad import methods
+from siamgrad.methods import registry as methods
 from siamgrad.cli import main
 from siamgrad.config import build_config
-from siamgrad.data import ImageDataset, channel_stats, load_dataset
+from siamgrad.data.datasets import ImageDataset, channel_stats, load_dataset
 from siamgrad.errors import CheckpointError, DataError, SiamgradError, TrainingError
-from siamgrad.train import InMemoryBatches, Trainer, read_metrics, train
+from siamgrad.train.loop import InMemoryBatches, Trainer, read_metrics, train
 
 # threads=1: on a loaded 2-core machine one thread per process is many times faster
 TINY = ["backbone=tiny", "method.proj_hidden_dim=32", "method.proj_output_dim=16", "eval.knn_k=20",
@@ -275,7 +275,7 @@ def test_images_of_wrong_shape_or_dtype_are_one_line_errors() -> None:
     assert "one entry per image" in _one_line(e)
 
     torch.manual_seed(0)
-    from siamgrad.backbones import build_backbone
+    from siamgrad.models.backbones import build_backbone
 
     backbone, dim = build_backbone("tiny")
     m = methods.build("simclr", backbone, dim, proj_hidden_dim=16, proj_output_dim=8)

@@ -32,7 +32,7 @@ DIGESTS = {
 
 
 def weights_digest(tmp_path, name: str) -> str:
-    from siamgrad.train import train
+    from siamgrad.train.loop import train
 
     cfg = build_config(["backbone=tiny", "batch_size=64", "epochs=1", "method.proj_hidden_dim=32",
                         "method.proj_output_dim=16", "eval.knn_k=20", "progress=false", "threads=1",

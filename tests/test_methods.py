@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from siamgrad import methods
+from siamgrad.methods import registry as methods
 from siamgrad.errors import ConfigError, SiamgradError
-from siamgrad.gradient import l2n
+from siamgrad.core.gradient import l2n
 
 NAMES = ["simclr", "moco", "byol", "simsiam", "directpred", "barlow_twins", "vicreg", "unigrad"]
 FEATURE_DIM = 32
@@ -276,7 +276,7 @@ def test_moco_queue_enqueue_and_pointer_wrap() -> None:
 
 
 def test_feature_queue_keeps_last_keys_when_batch_exceeds_queue() -> None:
-    from siamgrad.objectives.contrastive import FeatureQueue
+    from siamgrad.core.objectives.contrastive import FeatureQueue
 
     q = FeatureQueue(4, 2)
     q.ptr.fill_(3)
@@ -306,7 +306,7 @@ def test_moco_gradient_form_at_lam_one_equals_original_infonce() -> None:
 
 
 def test_simclr_three_views_is_mean_of_pairwise_nt_xent() -> None:
-    from siamgrad.objectives.contrastive import nt_xent_loss
+    from siamgrad.core.objectives.contrastive import nt_xent_loss
 
     method = make("simclr", temperature=0.5)
     views = fixed_views(3)
@@ -318,7 +318,7 @@ def test_simclr_three_views_is_mean_of_pairwise_nt_xent() -> None:
 
 
 def test_byol_is_sum_of_both_directions() -> None:
-    from siamgrad.objectives.asymmetric import byol_loss
+    from siamgrad.core.objectives.asymmetric import byol_loss
 
     method = make("byol")
     views = fixed_views(2)

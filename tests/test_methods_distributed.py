@@ -18,10 +18,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from siamgrad import distributed as D
-from siamgrad.gradient import batch_correlation, l2n, surrogate_loss
-from siamgrad.objectives import contrastive as con
-from siamgrad.objectives import decorrelation as dec
-from siamgrad.objectives import unigrad as uni
+from siamgrad.core.gradient import batch_correlation, l2n, surrogate_loss
+from siamgrad.core.objectives import contrastive as con
+from siamgrad.core.objectives import decorrelation as dec
+from siamgrad.core.objectives import unigrad as uni
 
 WORLD = 2
 N, DIM = 8, 5

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from siamgrad import methods
-from siamgrad.gradient import l2n, surrogate_loss
-from siamgrad.objectives import asymmetric as asym
+from siamgrad.methods import registry as methods
+from siamgrad.core.gradient import l2n, surrogate_loss
+from siamgrad.core.objectives import asymmetric as asym
 
 SIZES = [(4, 3), (7, 5), (16, 8)]
 RTOL = 1e-8

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from siamgrad import methods
-from siamgrad.gradient import l2n, surrogate_loss
-from siamgrad.objectives import decorrelation as dec
+from siamgrad.methods import registry as methods
+from siamgrad.core.gradient import l2n, surrogate_loss
+from siamgrad.core.objectives import decorrelation as dec
 
 SIZES = [(5, 3), (8, 6), (16, 4)]
 RTOL = 1e-8

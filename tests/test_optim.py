@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from siamgrad.config import OptimConfig
-from siamgrad.optim import LARS, build_optimizer, lr_factor, scaled_lr
+from siamgrad.train.optim import LARS, build_optimizer, lr_factor, scaled_lr
 
 
 def test_lars_matches_numpy_rederivation():

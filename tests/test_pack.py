@@ -1,4 +1,4 @@
-"""Tests of ``siamgrad data pack`` (siamgrad.pack) and of reading tar shards (siamgrad.stream).
+"""Tests of ``siamgrad data pack`` (siamgrad.data.pack) and of reading tar shards (siamgrad.data.stream).
 
 The shards are checked with Python's own ``tarfile`` (not the project's scanner): member names,
 bytes, labels and data offsets. Shards written here by hand in the WebDataset layout stand for
@@ -20,8 +20,8 @@ from torchvision.io import encode_jpeg, encode_png
 
 from siamgrad.cli import main
 from siamgrad.errors import DataError
-from siamgrad.pack import pack_folder
-from siamgrad.stream import ShardSource, StreamBatches, UnreadableImageWarning, decode_image_bytes
+from siamgrad.data.pack import pack_folder
+from siamgrad.data.stream import ShardSource, StreamBatches, UnreadableImageWarning, decode_image_bytes
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*image decoding:DeprecationWarning")
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from siamgrad import report
+from siamgrad.report import html as report
 from siamgrad.errors import SiamgradError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

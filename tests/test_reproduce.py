@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from siamgrad import reproduce
+from siamgrad.experiments import runner as reproduce
 from siamgrad.config import build_config
 from siamgrad.errors import ConfigError, TrainingError
 
@@ -46,8 +46,8 @@ def test_grid_runs_collects_and_resumes(tmp_path, monkeypatch):
 
     # run b trained on half the data: its kNN bank in training was that half, knn_full_train uses the
     # whole labeled train split; re-derive it in numpy from the checkpoint's backbone
-    from siamgrad.data import load_dataset
-    from siamgrad.evaluate import extract_features, load_backbone
+    from siamgrad.data.datasets import load_dataset
+    from siamgrad.eval.knn import extract_features, load_backbone
 
     backbone, state = load_backbone(str(md.parent / "b" / "latest.pt"))
     train, test = load_dataset("digits", None, "train"), load_dataset("digits", None, "test")
@@ -66,7 +66,7 @@ def test_grid_runs_collects_and_resumes(tmp_path, monkeypatch):
 
 def test_failed_run_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch):
     """A run that stops on a non-finite loss becomes a 'failed' row; the next runs still train."""
-    import siamgrad.train as train_mod
+    import siamgrad.train.loop as train_mod
 
     calls = []
 
@@ -89,7 +89,7 @@ def test_failed_run_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch):
 
 
 def test_only_trains_the_named_runs(tmp_path, monkeypatch):
-    import siamgrad.train as train_mod
+    import siamgrad.train.loop as train_mod
 
     calls = []
 
@@ -120,7 +120,7 @@ def test_unknown_experiment_and_size():
 
 
 def test_every_registered_grid_builds_valid_configs():
-    from siamgrad.methods import resolve_options
+    from siamgrad.methods.registry import resolve_options
 
     for name, exp in reproduce.EXPERIMENTS.items():
         for size, base in exp.sizes.items():
@@ -190,7 +190,7 @@ def test_cpu_grids_fit_the_cpu_budget():
     """CPU sizes stay under 1,200 step-equivalents (batch 256, two 32-px views through the small
     backbone in bf16, about 1.4 s each on 2 cores; a momentum encoder's extra forward counts 1/3):
     under 30 minutes with evaluation."""
-    from siamgrad.data import load_dataset
+    from siamgrad.data.datasets import load_dataset
 
     if not Path(reproduce.SUBSET).is_dir():
         pytest.skip("the shared CIFAR-10 subset is not here")
@@ -234,8 +234,8 @@ def test_benchmark_peer_pipeline_applies_the_recipe():
     normalized -- re-derived in numpy."""
     import dataclasses
 
-    from siamgrad.augment import PRESETS
-    from siamgrad.data import ImageDataset
+    from siamgrad.augment.multiview import PRESETS
+    from siamgrad.data.datasets import ImageDataset
 
     bench = _bench("bench_throughput")
     rng = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-"""Tests of siamgrad.stream (streamed image folders and shards) and of ragged-batch cropping.
+"""Tests of siamgrad.data.stream (streamed image folders and shards) and of ragged-batch cropping.
 
 The image files are written here (torchvision's encoders; a grayscale JPEG and PNG, a corrupt
 JPEG) with a distinct height per file, so a decoded image's size names its file: which samples a
@@ -24,10 +24,10 @@ from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms.v2 import functional as TF
 
 from siamgrad import checkpoint as ck
-from siamgrad.augment import MultiViewAugment, RaggedImages, ViewRecipe, build_augment
+from siamgrad.augment.multiview import MultiViewAugment, RaggedImages, ViewRecipe, build_augment
 from siamgrad.config import build_config
 from siamgrad.errors import DataError
-from siamgrad.stream import (
+from siamgrad.data.stream import (
     BadImageCounter,
     FolderSource,
     PackedStrings,
@@ -38,7 +38,7 @@ from siamgrad.stream import (
     load_train_set,
     shuffle_buffer_order,
 )
-from siamgrad.train import Trainer, train
+from siamgrad.train.loop import Trainer, train
 
 CLASSES = ("cat", "dog", "eel")
 
@@ -423,7 +423,7 @@ def test_shards_train_from_the_command_line(split_folder, tmp_path) -> None:
     res = train(cfg, log=False)
     assert res.step == 2 and res.knn_accuracy is not None
     # `siamgrad eval knn` on the shards run: the trainer's labeled subsets, the same figure
-    from siamgrad.evaluate import evaluate_checkpoint
+    from siamgrad.eval.knn import evaluate_checkpoint
 
     out = evaluate_checkpoint("knn", str(res.run_dir / "latest.pt"), ["data.workers=0"])
     assert out["knn_top1"] == pytest.approx(res.knn_accuracy, abs=1e-6)

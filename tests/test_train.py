@@ -11,7 +11,7 @@ from siamgrad import checkpoint as ck
 from siamgrad.cli import main
 from siamgrad.config import build_config
 from siamgrad.errors import TrainingError
-from siamgrad.train import Trainer, read_metrics, train
+from siamgrad.train.loop import Trainer, read_metrics, train
 
 TINY = ["backbone=tiny", "batch_size=128", "epochs=2", "method.proj_hidden_dim=32",
         "method.proj_output_dim=16", "eval.knn_k=20", "progress=false", "threads=2"]
@@ -95,8 +95,8 @@ def test_cli_train_and_eval_end_to_end(tmp_path):
 
 
 def test_batches_shard_across_processes_and_resume_mid_epoch():
-    from siamgrad.data import ImageDataset
-    from siamgrad.train import InMemoryBatches
+    from siamgrad.data.datasets import ImageDataset
+    from siamgrad.train.loop import InMemoryBatches
 
     n = 50
     ds = ImageDataset(torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 3, 2, 2).contiguous(),

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError
+from siamgrad.errors import CheckpointError
 
 FORMAT = "siamgrad-checkpoint"
 VERSION = 1

@@ -25,14 +25,14 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import SiamgradError
+from siamgrad.errors import SiamgradError
 
 EPILOG = "settings are key=value (e.g. method=byol epochs=50 optim.lr=0.1); see `siamgrad config`"
 
 
 def _cmd_train(args) -> int:
-    from .config import build_config
-    from .train import train
+    from siamgrad.config import build_config
+    from siamgrad.train.loop import train
 
     cfg = build_config(args.settings)
     result = train(cfg)
@@ -41,15 +41,15 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_config(args) -> int:
-    from .config import build_config, dump_yaml
-    from .train import resolve
+    from siamgrad.config import build_config, dump_yaml
+    from siamgrad.train.loop import resolve
 
     print(dump_yaml(resolve(build_config(args.settings))), end="")
     return 0
 
 
 def _cmd_presets(args) -> int:
-    from .config import PRESET_DIR, available_presets
+    from siamgrad.config import PRESET_DIR, available_presets
 
     for name in available_presets():
         first = (PRESET_DIR / f"{name}.yaml").read_text().splitlines()[0:1]
@@ -59,14 +59,14 @@ def _cmd_presets(args) -> int:
 
 
 def _cmd_methods(args) -> int:
-    from . import methods
+    from siamgrad.methods import registry as methods
 
     print(methods.format_table(methods.describe()))
     return 0
 
 
 def _cmd_eval(args) -> int:
-    from .evaluate import evaluate_checkpoint
+    from siamgrad.eval.knn import evaluate_checkpoint
 
     res = evaluate_checkpoint(args.protocol, args.checkpoint, args.settings)
     for k, v in res.items():
@@ -79,11 +79,11 @@ def _cmd_analyze(args) -> int:
         if not args.more:
             raise SiamgradError("analyze gradients needs a checkpoint or run folder: "
                                 "siamgrad analyze gradients runs/<run>")
-        from .diagnostics_cli import gradient_table_for_checkpoint
+        from siamgrad.diagnostics.analyze import gradient_table_for_checkpoint
 
         print(gradient_table_for_checkpoint(args.more[0], args.more[1:]))
         return 0
-    from .report import analyze_run
+    from siamgrad.report.html import analyze_run
 
     for run in [args.target, *args.more]:
         print(analyze_run(run))
@@ -91,7 +91,7 @@ def _cmd_analyze(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from .report import compare_runs
+    from siamgrad.report.html import compare_runs
 
     out = args.out or str(Path(args.runs[0]).parent / "compare")
     print(compare_runs(args.runs, out))
@@ -99,7 +99,7 @@ def _cmd_compare(args) -> int:
 
 
 def _cmd_reproduce(args) -> int:
-    from . import reproduce
+    from siamgrad.experiments import runner as reproduce
 
     if args.name in (None, "list"):
         for name in reproduce.available():
@@ -111,7 +111,7 @@ def _cmd_reproduce(args) -> int:
 
 
 def _cmd_data(args) -> int:
-    from .pack import pack_folder
+    from siamgrad.data.pack import pack_folder
 
     results = pack_folder(args.src, args.dst, shard_size=args.shard_size, shuffle=not args.no_shuffle,
                           seed=args.seed, verify=args.verify, overwrite=args.overwrite)

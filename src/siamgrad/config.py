@@ -6,7 +6,7 @@ the command line. Dotted keys reach into sections (``optim.lr=0.1``); two shorth
 ``method=NAME`` sets ``method.name`` and ``data=NAME`` sets ``data.name``.
 
 The ``method`` section holds ``name`` plus that method's own options; those are checked against
-the method registry (:func:`siamgrad.methods.default_options`) when the method is built.
+the method registry (:func:`siamgrad.methods.registry.default_options`) when the method is built.
 
 Every problem is a :class:`~siamgrad.errors.ConfigError` with a one-line message naming the key.
 """
@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .errors import ConfigError
+from siamgrad.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -41,7 +41,7 @@ class DataConfig:
     train_split: str | None = None  # None: "train" ("train+unlabeled" for stl10)
     test_split: str = "test"
     fraction: float = field(default=1.0, metadata=_range(0.0, 1.0, lo_open=True))
-    # streaming (siamgrad.stream): read files batch by batch instead of holding the set in memory;
+    # streaming (siamgrad.data.stream): read files batch by batch instead of holding the set in memory;
     # None: auto (always for shards, for image folders of more than 50,000 files)
     stream: bool | None = None
     workers: int | None = field(default=None, metadata=_range(0))  # reader processes; None: cores - 1 (max 16)

@@ -43,7 +43,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .errors import ConfigError
+from siamgrad.errors import ConfigError
 
 __all__ = [
     "is_dist",

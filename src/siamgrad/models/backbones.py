@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from siamgrad.errors import ConfigError
 
 BACKBONES = ("small", "tiny", "resnet18", "resnet34", "resnet50")
 

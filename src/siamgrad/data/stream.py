@@ -1,6 +1,6 @@
 """Streaming image datasets: ImageNet-size collections read from disk batch by batch.
 
-In-memory ``uint8`` tensors (:mod:`siamgrad.data`) serve CIFAR and STL-10; a collection of a
+In-memory ``uint8`` tensors (:mod:`siamgrad.data.datasets`) serve CIFAR and STL-10; a collection of a
 million JPEGs is streamed instead. Nothing holds more than an index (paths, or tar offsets) and
 the batches in flight.
 
@@ -17,7 +17,7 @@ Sources (:func:`open_source`)
 Epoch order, ranks and workers (:class:`StreamBatches`)
 -------------------------------------------------------
 The order of epoch ``e`` is a permutation of the ``N`` samples drawn from a generator seeded
-by ``(seed, e)``: for a folder the uniform permutation of :class:`siamgrad.train.InMemoryBatches`
+by ``(seed, e)``: for a folder the uniform permutation of :class:`siamgrad.train.loop.InMemoryBatches`
 (the same order in memory and streamed); for shards the shards in a random order, then a
 shuffle buffer of ``K`` samples over that sequence (buffer full: a uniformly chosen element
 leaves and the next sample takes its place; at the end the rest leaves in random order), which
@@ -43,8 +43,8 @@ the batch is taken by the next good image of the same batch (batches keep their 
 the objectives need across processes), and :class:`BadImageCounter` raises
 :class:`~siamgrad.errors.DataError` once the unreadable share exceeds ``max_bad_fraction``.
 
-The batches are :class:`~siamgrad.augment.RaggedImages` (padded, with per-image sizes) on the
-training device; :class:`~siamgrad.augment.MultiViewAugment` crops each straight to the output
+The batches are :class:`~siamgrad.augment.multiview.RaggedImages` (padded, with per-image sizes) on the
+training device; :class:`~siamgrad.augment.multiview.MultiViewAugment` crops each straight to the output
 size in one batched resampling per view.
 
 Trainer hooks: :func:`load_train_set`, :func:`make_batches`, :func:`dataset_channel_stats`,
@@ -70,8 +70,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import RaggedImages
-from .data import (
+from siamgrad.augment.multiview import RaggedImages
+from siamgrad.data.datasets import (
     IMAGE_EXTENSIONS,
     IMAGEFOLDER_DEFAULT_SIZE,
     ImageDataset,
@@ -81,10 +81,10 @@ from .data import (
     channel_stats,
     load_dataset,
 )
-from .errors import ConfigError, DataError
+from siamgrad.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
-    from .config import DataConfig
+    from siamgrad.config import DataConfig
 
 __all__ = [
     "BadImageCounter",
@@ -1017,7 +1017,7 @@ def load_in_memory(source: _Source, indices: np.ndarray | None, size: int, worke
 
 class StreamedDataset:
     """A streamed training set as the trainer sees it (the attributes it reads of an
-    :class:`~siamgrad.data.ImageDataset`).
+    :class:`~siamgrad.data.datasets.ImageDataset`).
 
     ``labels``/``classes``/``len()`` cover the whole set; ``image_size`` is the output and
     evaluation size (``data.image_size``, default 64): images are never resized ahead, the
@@ -1131,8 +1131,8 @@ def make_batches(train_set: ImageDataset | StreamedDataset, device: torch.device
     """The trainer's batch source: ``InMemoryBatches`` for an in-memory set, :class:`StreamBatches`
     for a streamed one (options from the DataConfig ``data``). ``rank``/``world`` default to the
     process group's (one process when none)."""
-    from . import distributed as D
-    from .train import InMemoryBatches
+    from siamgrad import distributed as D
+    from siamgrad.train.loop import InMemoryBatches
 
     rank = D.rank() if rank is None else rank
     world = D.world_size() if world is None else world
@@ -1147,7 +1147,7 @@ def make_batches(train_set: ImageDataset | StreamedDataset, device: torch.device
 
 def dataset_channel_stats(train_set: ImageDataset | StreamedDataset) -> tuple[tuple[float, float, float],
                                                                                tuple[float, float, float]]:
-    """Per-channel mean/std in ``[0, 1]`` units: :func:`siamgrad.data.channel_stats` of the set,
+    """Per-channel mean/std in ``[0, 1]`` units: :func:`siamgrad.data.datasets.channel_stats` of the set,
     or for a streamed set of its fixed sample (at most :data:`SAMPLE_IMAGES` images)."""
     if isinstance(train_set, StreamedDataset):
         return channel_stats(train_set.sample())

@@ -6,9 +6,9 @@
 * :mod:`.unigrad`       -- UniGrad
 
 Each family has its original loss and its unified-gradient form (a function returning the
-chosen gradient ``g``, trained through :func:`siamgrad.gradient.surrogate_loss`).
+chosen gradient ``g``, trained through :func:`siamgrad.core.gradient.surrogate_loss`).
 """
 
-from siamgrad.objectives import asymmetric, contrastive, decorrelation, unigrad
+from siamgrad.core.objectives import asymmetric, contrastive, decorrelation, unigrad
 
 __all__ = ["asymmetric", "contrastive", "decorrelation", "unigrad"]

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from siamgrad.gradient import CorrelationEMA, batch_correlation, l2n
+from siamgrad.core.gradient import CorrelationEMA, batch_correlation, l2n
 
 __all__ = [
     "byol_loss",

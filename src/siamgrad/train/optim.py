@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .config import OptimConfig
+from siamgrad.config import OptimConfig
 
 
 class LARS(torch.optim.Optimizer):

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import torch
 
-from .augment import build_augment
-from .checkpoint import load_checkpoint
-from .config import build_config
-from .data import load_dataset
-from .diagnostics import method_gradient_table
-from .train import build_method
+from siamgrad.augment.multiview import build_augment
+from siamgrad.checkpoint import load_checkpoint
+from siamgrad.config import build_config
+from siamgrad.data.datasets import load_dataset
+from siamgrad.diagnostics.monitor import method_gradient_table
+from siamgrad.train.loop import build_method
 
 
 def gradient_table_for_checkpoint(checkpoint: str, settings: list[str] | None = None,

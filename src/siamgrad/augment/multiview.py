@@ -75,7 +75,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError, DataError
+from siamgrad.errors import ConfigError, DataError
 
 __all__ = [
     "LUMA_WEIGHTS",

@@ -5,7 +5,7 @@ Layout written: ``DST/shard-000000.tar``, ``shard-000001.tar``, ... each holding
 is written ``.jpg``) followed by ``KEY.cls`` (the class number as text; absent for a flat,
 unlabeled folder). ``KEY`` is the sample's 9-digit number in packing order. Beside the shards,
 ``index.json`` (format, classes, per shard its name, sample count and bytes) and ``index.npz``
-(per sample: shard, data offset, size, label), which :class:`siamgrad.stream.ShardSource`
+(per sample: shard, data offset, size, label), which :class:`siamgrad.data.stream.ShardSource`
 reads instead of scanning the tars.
 
 A source folder with split subfolders (``train``, ``val``, ``test``, ...) is packed split by
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from .data import _SPLIT_FOLDER_NAMES
-from .errors import DataError
-from .stream import INDEX_JSON, FolderSource, build_shard_index, decode_image_bytes
+from siamgrad.data.datasets import _SPLIT_FOLDER_NAMES
+from siamgrad.errors import DataError
+from siamgrad.data.stream import INDEX_JSON, FolderSource, build_shard_index, decode_image_bytes
 
 __all__ = ["PackResult", "pack_folder"]
 

@@ -5,7 +5,7 @@ A method is data: one :class:`MethodSpec` per name (a few lines), built into one
 
 * ``form="original"`` -- the paper's loss;
 * ``form="gradient"`` -- its unified-gradient form (UniGrad Table 1), trained through
-  :func:`siamgrad.gradient.surrogate_loss`: ``g = c (-u2^m + lam sum_v s_v v)``.
+  :func:`siamgrad.core.gradient.surrogate_loss`: ``g = c (-u2^m + lam sum_v s_v v)``.
 
 and a *target branch* (UniGrad Table 2), the source of ``u2^m`` and of the negatives:
 
@@ -37,7 +37,7 @@ unigrad         momentum, stopgrad, momentum_positive             momentum, stop
 
 Views: all M >= 2 views go through the backbone in one forward (``torch.cat`` then split).
 Barlow Twins (M >= 3) and VICReg have genuine multi-view losses (see
-:mod:`siamgrad.objectives.decorrelation`); every other loss and every gradient form is averaged
+:mod:`siamgrad.core.objectives.decorrelation`); every other loss and every gradient form is averaged
 over the M(M-1) *ordered* view pairs (anchor a, target b) -- for symmetric losses with
 ``target="none"`` this equals the average over unordered pairs. BYOL and DirectPred keep the
 paper's *sum* of the two directions (2 x the ordered-pair mean). MoCo enqueues the
@@ -46,7 +46,7 @@ negative-source keys of the first view each step (after the optimizer step).
 Loss values of gradient forms: the returned loss has the gradient of the surrogate
 ``mean_i <g_i, u_i>`` and, as its value, the potential whose gradient is ``g`` with the
 stop-gradient quantities held fixed (e.g. UniGrad's own loss, InfoNCE for the contrastive forms);
-see :func:`siamgrad.gradient.gradient_form_loss`. Logs: ``loss``, ``pos_sim`` (mean cosine of
+see :func:`siamgrad.core.gradient.gradient_form_loss`. Logs: ``loss``, ``pos_sim`` (mean cosine of
 online and positive features over the view pairs), ``lambda`` for gradient forms (the mean
 per-sample value for the adaptive asymmetric form), loss parts, and ``momentum`` (the last EMA
 coefficient) for momentum targets.
@@ -63,7 +63,7 @@ import torch
 from torch import Tensor, nn
 
 from siamgrad.errors import ConfigError, SiamgradError
-from siamgrad.gradient import (
+from siamgrad.core.gradient import (
     CorrelationEMA,
     UnifiedGradient,
     batch_correlation,
@@ -73,11 +73,11 @@ from siamgrad.gradient import (
     ordered_pairs,
     upcast,
 )
-from siamgrad.heads import HeadSpec, mlp
-from siamgrad.objectives import asymmetric as asym
-from siamgrad.objectives import contrastive as con
-from siamgrad.objectives import decorrelation as dec
-from siamgrad.objectives import unigrad as uni
+from siamgrad.models.heads import HeadSpec, mlp
+from siamgrad.core.objectives import asymmetric as asym
+from siamgrad.core.objectives import contrastive as con
+from siamgrad.core.objectives import decorrelation as dec
+from siamgrad.core.objectives import unigrad as uni
 
 __all__ = [
     "Branches",
@@ -241,7 +241,7 @@ def _surrogate_over_pairs(b: Branches, grad: Callable[[int, int], tuple[Tensor, 
     """Mean over ordered pairs (a, c) of the surrogate ``mean_i <g_ac,i, l2n(online_a)_i>``.
 
     ``grad(a, c)`` returns ``(g, potential)``; the loss value is the mean potential (see
-    :func:`siamgrad.gradient.gradient_form_loss`), its gradient ``g / N`` per pair.
+    :func:`siamgrad.core.gradient.gradient_form_loss`), its gradient ``g / N`` per pair.
     """
     terms = []
     for a, c in ordered_pairs(len(b.online)):
@@ -732,7 +732,7 @@ class SiameseMethod(nn.Module):
         if not v.is_floating_point():
             raise SiamgradError(
                 f"views must be float tensors (augmented, normalized images), got {v.dtype}; pass uint8 "
-                "images through siamgrad.augment first (e.g. build_augment('cifar', 32)(images))"
+                "images through siamgrad.augment.multiview first (e.g. build_augment('cifar', 32)(images))"
             )
         in_channels = next((m.in_channels for m in self.backbone.modules() if isinstance(m, nn.Conv2d)), None)
         if in_channels is not None and v.shape[1] != in_channels:

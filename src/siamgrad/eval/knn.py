@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import normalize_only
+from siamgrad.augment.multiview import normalize_only
 
 
 @torch.no_grad()
@@ -142,11 +142,11 @@ def raw_pixel_features(images: torch.Tensor, mean: tuple[float, ...], std: tuple
 
 def load_backbone(checkpoint: str, device: str = "cpu") -> tuple[nn.Module, dict]:
     """The trained backbone of a checkpoint (or run folder) and the checkpoint's state dict."""
-    from .backbones import build_backbone
-    from .checkpoint import load_checkpoint
-    from .config import from_dict
-    from .errors import CheckpointError
-    from .train import _cifar_stem
+    from siamgrad.models.backbones import build_backbone
+    from siamgrad.checkpoint import load_checkpoint
+    from siamgrad.config import from_dict
+    from siamgrad.errors import CheckpointError
+    from siamgrad.train.loop import _cifar_stem
 
     state = load_checkpoint(checkpoint, map_location=device)
     try:
@@ -166,9 +166,9 @@ def evaluate_checkpoint(protocol: str, checkpoint: str, settings: list[str] | No
     ``settings`` (``key=value``) override the checkpoint's config, e.g. ``data.root=...`` when the
     data moved, or ``eval.knn_k=20``.
     """
-    from .config import build_config
-    from .data import DataError, load_dataset
-    from .stream import IMAGEFOLDER_DEFAULT_SIZE, load_train_set, should_stream, stream_eval_sets
+    from siamgrad.config import build_config
+    from siamgrad.data.datasets import DataError, load_dataset
+    from siamgrad.data.stream import IMAGEFOLDER_DEFAULT_SIZE, load_train_set, should_stream, stream_eval_sets
 
     backbone, state = load_backbone(checkpoint)
     cfg = build_config(settings, base=state["config"])

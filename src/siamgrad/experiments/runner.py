@@ -47,11 +47,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write_bytes, atomic_write_text
-from .errors import ConfigError, TrainingError
+from siamgrad.checkpoint import atomic_write_bytes, atomic_write_text
+from siamgrad.errors import ConfigError, TrainingError
 
 # the shared CIFAR-10 subset beside the repository (override with data.root=...)
-SUBSET = str(Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-subset")
+SUBSET = str(Path(__file__).resolve().parents[4] / "shared" / "data" / "cifar10-subset")
 
 Runs = list[tuple[str, list[str]]]
 
@@ -337,7 +337,7 @@ def _split_only(settings: list[str]) -> tuple[list[str] | None, list[str]]:
 
 def setting_keys(settings: list[str]) -> list[str]:
     """The dotted config keys ``settings`` set (shorthands expanded), presets left out."""
-    from .config import parse_overrides
+    from siamgrad.config import parse_overrides
 
     return [k for k, _ in parse_overrides(settings) if k not in ("preset", "config")]
 
@@ -367,8 +367,8 @@ def setting_value(cfg: Any, key: str) -> Any:
     if key == "method.name":
         return cfg.method.get("name")
     if key.startswith("method."):
-        from .methods import available as methods_available
-        from .methods import resolve_options
+        from siamgrad.methods.registry import available as methods_available
+        from siamgrad.methods.registry import resolve_options
 
         name = cfg.method.get("name")
         opts = {k: v for k, v in cfg.method.items() if k != "name"}
@@ -395,7 +395,7 @@ _ORIGINAL_ONLY = {"byol": {"pred_layers", "pred_hidden_dim"}, "simsiam": {"pred_
 
 def _acts(method: str, option: str, form: str) -> bool:
     """Whether ``option`` of ``method`` has an effect in ``form`` (a blank table cell otherwise)."""
-    from .methods import REGISTRY
+    from siamgrad.methods.registry import REGISTRY
 
     if form == "original":
         doc = REGISTRY[method].options[option].doc
@@ -412,7 +412,7 @@ def _cpu_seconds() -> float:
 
 
 def _last_eff_rank(run_dir: Path) -> float | None:
-    from .train import read_metrics
+    from siamgrad.train.loop import read_metrics
 
     ranks = [r["diag/eff_rank"] for r in read_metrics(run_dir) if isinstance(r.get("diag/eff_rank"), (int, float))]
     return float(ranks[-1]) if ranks else None
@@ -425,8 +425,8 @@ def full_train_knn(run_dir: Path, step: int) -> float | None:
     """
     import torch
 
-    from .data import load_dataset
-    from .evaluate import extract_features, knn_accuracy, load_backbone
+    from siamgrad.data.datasets import load_dataset
+    from siamgrad.eval.knn import extract_features, knn_accuracy, load_backbone
 
     cache = run_dir / "knn_full_train.json"
     if cache.is_file():
@@ -435,7 +435,7 @@ def full_train_knn(run_dir: Path, step: int) -> float | None:
             return saved["knn"]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     backbone, state = load_backbone(str(run_dir / "latest.pt"), device=device)
-    from .config import from_dict
+    from siamgrad.config import from_dict
 
     cfg = from_dict(state["config"])
     d = cfg.data
@@ -462,8 +462,8 @@ def run_experiment(name: str, settings: list[str] | None = None, out_dir: str = 
 
     ``settings``: ``size=...`` and ``key=value`` settings applied to every run after the grid's own.
     """
-    from .config import build_config
-    from .train import train
+    from siamgrad.config import build_config
+    from siamgrad.train.loop import train
 
     if name not in EXPERIMENTS:
         raise ConfigError(f"unknown experiment '{name}'; choose one of: {', '.join(available())}")

@@ -1,6 +1,6 @@
 """The training loop. It knows no particular method: a method is anything with
 ``training_step(views) -> (loss, logs)`` and ``on_step_end(step, total_steps)``
-(see :mod:`siamgrad.methods`).
+(see :mod:`siamgrad.methods.registry`).
 
 Exact resume: the order of the data in epoch ``e`` and the augmentation randomness of global
 step ``s`` are drawn from generators seeded by ``(seed, e)`` and ``(seed, s)``; the model,
@@ -37,16 +37,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checkpoint as ckpt
-from . import distributed as D
-from .augment import RaggedImages, build_augment
-from .backbones import build_backbone
-from .config import Config, dump_yaml, from_dict, to_dict
-from .data import ImageDataset, load_dataset
-from .errors import CheckpointError, ConfigError, TrainingError
-from .evaluate import extract_features, knn_accuracy, raw_pixel_features
-from .optim import build_optimizer, lr_factor, scaled_lr, set_lr
-from .stream import dataset_channel_stats, load_train_set, make_batches, stream_eval_sets
+from siamgrad import checkpoint as ckpt
+from siamgrad import distributed as D
+from siamgrad.augment.multiview import RaggedImages, build_augment
+from siamgrad.models.backbones import build_backbone
+from siamgrad.config import Config, dump_yaml, from_dict, to_dict
+from siamgrad.data.datasets import ImageDataset, load_dataset
+from siamgrad.errors import CheckpointError, ConfigError, TrainingError
+from siamgrad.eval.knn import extract_features, knn_accuracy, raw_pixel_features
+from siamgrad.train.optim import build_optimizer, lr_factor, scaled_lr, set_lr
+from siamgrad.data.stream import dataset_channel_stats, load_train_set, make_batches, stream_eval_sets
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,9 +249,9 @@ class TrainResult:
 
 
 def build_method(cfg: Config) -> nn.Module:
-    from . import methods
+    from siamgrad.methods import registry as methods
 
-    from .config import COMMON_METHOD_OPTIONS
+    from siamgrad.config import COMMON_METHOD_OPTIONS
 
     name = cfg.method.get("name", "unigrad")
     known = methods.default_options(name) if name in methods.available() else {}
@@ -288,7 +288,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # the same initialization on every rank
 
         # data: the whole training set moves to the device once, as uint8; or, for image folders
-        # too large for memory and tar shards, it is streamed from disk (siamgrad.stream)
+        # too large for memory and tar shards, it is streamed from disk (siamgrad.data.stream)
         d = cfg.data
         self.train_set = load_train_set(d, cfg.seed)
         self.knn_train, self.knn_test = self._eval_sets()
@@ -330,7 +330,7 @@ class Trainer:
 
         self.monitor = None
         if cfg.diag.enabled:
-            from .diagnostics import TrainingMonitor
+            from siamgrad.diagnostics.monitor import TrainingMonitor
 
             self.monitor = TrainingMonitor(gradients=cfg.diag.gradients, patience=cfg.diag.patience,
                                            dim_rank_frac=cfg.diag.dim_rank_frac)
@@ -658,7 +658,7 @@ class Trainer:
         self.save()
         metrics.close()
         if cfg.diag.report and self.is_main:
-            from .report import analyze_run
+            from siamgrad.report.html import analyze_run
 
             try:
                 report = analyze_run(self.run_dir)

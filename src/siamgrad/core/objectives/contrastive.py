@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from siamgrad import distributed as D
-from siamgrad.gradient import l2n, unified_gradient
+from siamgrad.core.gradient import l2n, unified_gradient
 
 __all__ = [
     "batch_contrastive_loss",

@@ -22,10 +22,10 @@ Measures (each documented at its function):
 
 Gradient decomposition (:func:`decompose`, :func:`gradient_table`): a method's true gradient on a
 batch (autograd of its original loss) split into the unified form ``c(-u2^m + lam sum_v s_v v)``
-of :mod:`siamgrad.gradient`, with the effective ``lambda`` and the cosine between the true
+of :mod:`siamgrad.core.gradient`, with the effective ``lambda`` and the cosine between the true
 gradient and the method's gradient form. :func:`method_diagnostics` and :class:`TrainingMonitor`
 compute everything for a live method inside a training loop; the record keys are ``diag/*`` and
-``grad/*`` (read by :mod:`siamgrad.report`).
+``grad/*`` (read by :mod:`siamgrad.report.html`).
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ from typing import Any, Iterable, Iterator, Mapping
 import torch
 from torch import Tensor
 
-from .errors import ConfigError, SiamgradError
-from .gradient import CorrelationEMA, batch_correlation, float32, l2n
-from .objectives.asymmetric import DirectPredictor, directpred_weight
-from .objectives.contrastive import FeatureQueue
+from siamgrad.errors import ConfigError, SiamgradError
+from siamgrad.core.gradient import CorrelationEMA, batch_correlation, float32, l2n
+from siamgrad.core.objectives.asymmetric import DirectPredictor, directpred_weight
+from siamgrad.core.objectives.contrastive import FeatureQueue
 
 __all__ = [
     "correlation_spectrum",
@@ -381,7 +381,7 @@ _TARGET_CHOICES = ("none", "stopgrad", "momentum", "momentum_positive")
 
 
 def _method_spec(name: str):
-    from . import methods
+    from siamgrad.methods import registry as methods
 
     if name not in methods.REGISTRY:
         raise ConfigError(f"unknown method {name!r}; choose one of: {', '.join(methods.available())}")
@@ -390,7 +390,7 @@ def _method_spec(name: str):
 
 def _form_params(name: str, form: str, target: str, options: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     """Resolved options (plus derived ones) of ``name`` in ``form``; ``target`` if that form allows it, else its default."""
-    from . import methods
+    from siamgrad.methods import registry as methods
 
     spec = _method_spec(name)
     allowed = spec.targets[form]
@@ -416,8 +416,8 @@ def _fresh_state(spec, params: dict[str, Any], dim: int, form: str, F: Tensor | 
 
 
 def _branches(target: str, z1: Tensor, z2: Tensor, z1_target: Tensor, z2_online: Tensor):
-    """Two-view :class:`siamgrad.methods.Branches` for ``target`` (``z1`` carries the gradient)."""
-    from .methods import Branches
+    """Two-view :class:`siamgrad.methods.registry.Branches` for ``target`` (``z1`` carries the gradient)."""
+    from siamgrad.methods.registry import Branches
 
     online = [z1, z2_online]
     if target == "none":
@@ -624,7 +624,7 @@ def gradient_table(
     ``options`` maps a method name to its options; other keyword arguments (``target``, ``F``,
     ``queue``, ``z1_target``, ``z2_online``, ``predictor``) go to every :func:`decompose` call.
     """
-    from . import methods as registry
+    from siamgrad.methods import registry as registry
 
     names = list(methods) if methods is not None else registry.available()
     cols = [("method", "method", 13), ("target", "target_true", 10), ("form tgt", "target_unified", 10),
@@ -682,7 +682,7 @@ def method_diagnostics(method: torch.nn.Module, views: list[Tensor], *, gradient
                        spectrum: bool = True) -> dict[str, Any]:
     r"""Feature statistics (``diag/*``) and gradient decomposition (``grad/*``) of a live method on a batch.
 
-    ``method``: a :class:`siamgrad.methods.SiameseMethod` (or a wrapper with ``.module``, e.g.
+    ``method``: a :class:`siamgrad.methods.registry.SiameseMethod` (or a wrapper with ``.module``, e.g.
     DistributedDataParallel); ``views``: the augmented batches of a training step (views 0 and 1
     are used). Runs one extra forward without gradients and leaves the method as it found it
     (batch-norm running statistics and ``last_features`` restored; F matrices, queues untouched).

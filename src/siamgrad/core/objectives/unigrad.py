@@ -3,7 +3,7 @@ r"""UniGrad (Tao et al., CVPR 2022): positive term plus a correlation-matrix neg
 With ``u1`` the normalized online feature, ``u2^m`` the normalized target feature of the other
 view and ``F`` the moving average of the target features' correlation matrix
 (``F <- rho F + (1 - rho) (1/M) sum_a U_a^T U_a / N``, detached, all-reduced; first step
-``F = F_batch``; see :class:`siamgrad.gradient.CorrelationEMA`):
+``F = F_batch``; see :class:`siamgrad.core.gradient.CorrelationEMA`):
 
 .. math:: L = \mathbb E\big[-\cos(u_1, u_2^m) + \tfrac\lambda2\, u_1^T F u_1\big], \qquad
           g = \partial L/\partial u_1 \cdot N = -u_2^m + \lambda F u_1
@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from siamgrad.gradient import l2n, unified_gradient
+from siamgrad.core.gradient import l2n, unified_gradient
 
 __all__ = ["unigrad_loss", "unigrad_gradient"]
 
@@ -36,7 +36,7 @@ def unigrad_loss(online: Tensor, target: Tensor, F: Tensor, lam: float) -> Tenso
 def unigrad_gradient(
     online: Tensor, target: Tensor, F: Tensor, lam: float, with_value: bool = False
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """``g = -u2^m + lam F u1`` (rows), for :func:`siamgrad.gradient.surrogate_loss` on ``l2n(online)``.
+    """``g = -u2^m + lam F u1`` (rows), for :func:`siamgrad.core.gradient.surrogate_loss` on ``l2n(online)``.
 
     With ``with_value`` also the per-row loss ``-u1.u2^m + (lam/2) u1^T F u1``.
     """

@@ -7,13 +7,13 @@ optional; a missing one only drops the plot or the table cell that needs it):
 * training records: ``step``, ``epoch``, ``loss``, ``lr``, ``images_per_s``;
 * evaluation records: ``step``, ``epoch``, ``knn_acc``, ``online_probe_acc`` (percent);
 * the step-0 record: ``random_knn``, ``raw_pixel_knn`` (percent);
-* feature diagnostics (:class:`siamgrad.diagnostics.TrainingMonitor`, :func:`~siamgrad.diagnostics.diag_record`):
+* feature diagnostics (:class:`siamgrad.diagnostics.monitor.TrainingMonitor`, :func:`~siamgrad.diagnostics.monitor.diag_record`):
   ``diag/eff_rank``,
   ``diag/eff_rank_frac``, ``diag/width``, ``diag/std_mean``, ``diag/std_min``, ``diag/std_ratio``,
   ``diag/align``, ``diag/uniform``, ``diag/spec_top1_frac``, ``diag/spec_dims90``,
   ``diag/spectrum`` (list, descending), ``diag/F_spectrum`` (list), ``diag/pred_align``,
-  ``diag/collapse`` (a :class:`~siamgrad.diagnostics.CollapseDetector` message);
-* gradient decomposition (:func:`siamgrad.diagnostics.grad_record`): ``grad/true_norm``,
+  ``diag/collapse`` (a :class:`~siamgrad.diagnostics.monitor.CollapseDetector` message);
+* gradient decomposition (:func:`siamgrad.diagnostics.monitor.grad_record`): ``grad/true_norm``,
   ``grad/unified_norm``, ``grad/pos_norm``, ``grad/neg_norm``, ``grad/lambda``,
   ``grad/lambda_eff``, ``grad/scale_eff``, ``grad/cos_unified``, ``grad/cos_fit``,
   ``grad/fit_residual``.
@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .errors import SiamgradError
+from siamgrad.errors import SiamgradError
 
 __all__ = ["RunData", "load_run", "run_summary", "collapse_events", "analyze_run", "compare_runs"]
 
@@ -208,7 +208,7 @@ def collapse_events(run: RunData) -> list[dict[str, Any]]:
 
     Uses the ``diag/collapse`` messages the trainer logged when there are any (a diagnostic record
     without one counts as healthy); otherwise replays a
-    :class:`~siamgrad.diagnostics.CollapseDetector` (default thresholds) over the ``diag/*``
+    :class:`~siamgrad.diagnostics.monitor.CollapseDetector` (default thresholds) over the ``diag/*``
     records. Consecutive reports of the same kind form one episode.
     """
     diag = [r for r in run.records
@@ -225,7 +225,7 @@ def collapse_events(run: RunData) -> list[dict[str, Any]]:
         width = next((int(r["diag/width"]) for r in diag if _is_num(r.get("diag/width"))), None)
         if width is None:
             return []
-        from .diagnostics import CollapseDetector
+        from siamgrad.diagnostics.monitor import CollapseDetector
 
         det = CollapseDetector(width)
         for r in diag:
@@ -491,7 +491,7 @@ def plot_rank(run: RunData, path: Path) -> Path | None:
     tx, ty = run.series("diag/spec_top1_frac")
     if not (rx or sx or ax_):
         return None
-    from .diagnostics import CollapseDetector
+    from siamgrad.diagnostics.monitor import CollapseDetector
 
     fig, (a1, a2) = _figure(2, width=5.6)
     if rx:
@@ -603,11 +603,11 @@ def analyze_run(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
         ("Loss", plot_loss(run, out / "loss.png"), ""),
         ("kNN accuracy", plot_knn(run, out / "knn.png"), ""),
         ("Eigen-spectrum", plot_spectrum(run, out / "spectrum.png"),
-         "no diag/spectrum records: log siamgrad.diagnostics.TrainingMonitor records to see the spectrum"),
+         "no diag/spectrum records: log siamgrad.diagnostics.monitor.TrainingMonitor records to see the spectrum"),
         ("Effective rank and collapse", plot_rank(run, out / "rank.png"),
-         "no diag/* records: log siamgrad.diagnostics.TrainingMonitor records to see rank and spread"),
+         "no diag/* records: log siamgrad.diagnostics.monitor.TrainingMonitor records to see rank and spread"),
         ("Gradient decomposition", plot_gradients(run, out / "gradients.png"),
-         "no grad/* records: log siamgrad.diagnostics.TrainingMonitor records to see the gradient decomposition"),
+         "no grad/* records: log siamgrad.diagnostics.monitor.TrainingMonitor records to see the gradient decomposition"),
     ]
     events = collapse_events(run)
     body = [f"<h1>siamgrad run report: {html.escape(run.name)}</h1>",
