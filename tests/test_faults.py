@@ -40,7 +40,8 @@ from siamgrad.cli import main
 from siamgrad.config import build_config
 from siamgrad.data.datasets import ImageDataset, channel_stats, load_dataset
 from siamgrad.errors import CheckpointError, DataError, SiamgradError, TrainingError
-from siamgrad.train.loop import InMemoryBatches, Trainer, read_metrics, train
+from siamgrad.data.batches import InMemoryBatches
+from siamgrad.train.loop import Trainer, read_metrics, train
 
 # threads=1: on a loaded 2-core machine one thread per process is many times faster
 TINY = ["backbone=tiny", "method.proj_hidden_dim=32", "method.proj_output_dim=16", "eval.knn_k=20",

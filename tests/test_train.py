@@ -96,7 +96,7 @@ def test_cli_train_and_eval_end_to_end(tmp_path):
 
 def test_batches_shard_across_processes_and_resume_mid_epoch():
     from siamgrad.data.datasets import ImageDataset
-    from siamgrad.train.loop import InMemoryBatches
+    from siamgrad.data.batches import InMemoryBatches
 
     n = 50
     ds = ImageDataset(torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 3, 2, 2).contiguous(),

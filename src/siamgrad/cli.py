@@ -41,8 +41,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_config(args) -> int:
-    from siamgrad.config import build_config, dump_yaml
-    from siamgrad.train.loop import resolve
+    from siamgrad.config import build_config, dump_yaml, resolve
 
     print(dump_yaml(resolve(build_config(args.settings))), end="")
     return 0

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
 
 from siamgrad.errors import ConfigError
@@ -392,3 +393,38 @@ def to_dict(cfg: Config) -> dict:
 def dump_yaml(cfg: Config | dict) -> str:
     d = to_dict(cfg) if isinstance(cfg, Config) else cfg
     return yaml.safe_dump(d, sort_keys=False)
+
+
+# --------------------------------------------------------------------------------------------
+# resolving "auto" settings
+
+
+def resolve(cfg: Config) -> Config:
+    """Return a copy with every ``auto``/``None`` setting replaced by its concrete value."""
+    cfg = from_dict(to_dict(cfg))
+    if cfg.device == "auto":
+        cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device: cuda was asked for but no GPU is visible; use device=cpu")
+    on_gpu = cfg.device.startswith("cuda")
+    if cfg.precision == "auto":
+        cfg.precision = "bf16" if on_gpu else "fp32"
+    if cfg.channels_last is None:
+        cfg.channels_last = on_gpu
+    if cfg.backbone == "auto":
+        cfg.backbone = "small" if cfg.data.name == "digits" else "resnet18"
+    if cfg.data.train_split is None:
+        cfg.data.train_split = "train+unlabeled" if cfg.data.name == "stl10" else "train"
+    if cfg.augment.preset == "auto":
+        cfg.augment.preset = {"digits": "digits", "cifar10": "cifar", "cifar100": "cifar"}.get(
+            cfg.data.name, "simclr"
+        )
+    return cfg
+
+
+def uses_cifar_stem(cfg: Config) -> bool:
+    """Whether the backbone gets the CIFAR stem: as set, else for images of 64 px or less."""
+    if cfg.cifar_stem is not None:
+        return cfg.cifar_stem
+    size = cfg.augment.size or cfg.data.image_size or (16 if cfg.data.name == "digits" else 32)
+    return size <= 64 or cfg.data.name in ("cifar10", "cifar100", "stl10", "digits")

@@ -70,7 +70,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from siamgrad import distributed as D
 from siamgrad.augment.multiview import RaggedImages
+from siamgrad.data.batches import InMemoryBatches
 from siamgrad.data.datasets import (
     IMAGE_EXTENSIONS,
     IMAGEFOLDER_DEFAULT_SIZE,
@@ -1131,9 +1133,6 @@ def make_batches(train_set: ImageDataset | StreamedDataset, device: torch.device
     """The trainer's batch source: ``InMemoryBatches`` for an in-memory set, :class:`StreamBatches`
     for a streamed one (options from the DataConfig ``data``). ``rank``/``world`` default to the
     process group's (one process when none)."""
-    from siamgrad import distributed as D
-    from siamgrad.train.loop import InMemoryBatches
-
     rank = D.rank() if rank is None else rank
     world = D.world_size() if world is None else world
     if isinstance(train_set, ImageDataset):

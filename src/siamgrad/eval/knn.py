@@ -144,14 +144,13 @@ def load_backbone(checkpoint: str, device: str = "cpu") -> tuple[nn.Module, dict
     """The trained backbone of a checkpoint (or run folder) and the checkpoint's state dict."""
     from siamgrad.models.backbones import build_backbone
     from siamgrad.checkpoint import load_checkpoint
-    from siamgrad.config import from_dict
+    from siamgrad.config import from_dict, uses_cifar_stem
     from siamgrad.errors import CheckpointError
-    from siamgrad.train.loop import _cifar_stem
 
     state = load_checkpoint(checkpoint, map_location=device)
     try:
         cfg = from_dict(state["config"])
-        backbone, _ = build_backbone(cfg.backbone, cifar_stem=_cifar_stem(cfg))
+        backbone, _ = build_backbone(cfg.backbone, cifar_stem=uses_cifar_stem(cfg))
         weights = {k[len("backbone."):]: v for k, v in state["method"].items() if k.startswith("backbone.")}
         backbone.load_state_dict(weights)
     except (KeyError, RuntimeError) as e:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 import warnings
@@ -40,40 +39,18 @@ from torch import nn
 from siamgrad import checkpoint as ckpt
 from siamgrad import distributed as D
 from siamgrad.augment.multiview import RaggedImages, build_augment
-from siamgrad.models.backbones import build_backbone
-from siamgrad.config import Config, dump_yaml, from_dict, to_dict
+from siamgrad.config import Config, dump_yaml, resolve, to_dict
+
 from siamgrad.data.datasets import ImageDataset, load_dataset
+from siamgrad.methods.build import build_method
 from siamgrad.errors import CheckpointError, ConfigError, TrainingError
 from siamgrad.eval.knn import extract_features, knn_accuracy, raw_pixel_features
-from siamgrad.train.optim import build_optimizer, lr_factor, scaled_lr, set_lr
+from siamgrad.train.optim import build_optimizer, lr_factor, set_lr
 from siamgrad.data.stream import dataset_channel_stats, load_train_set, make_batches, stream_eval_sets
 
 
 # --------------------------------------------------------------------------------------------
 # resolving "auto" settings
-
-
-def resolve(cfg: Config) -> Config:
-    """Return a copy with every ``auto``/``None`` setting replaced by its concrete value."""
-    cfg = from_dict(to_dict(cfg))
-    if cfg.device == "auto":
-        cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device: cuda was asked for but no GPU is visible; use device=cpu")
-    on_gpu = cfg.device.startswith("cuda")
-    if cfg.precision == "auto":
-        cfg.precision = "bf16" if on_gpu else "fp32"
-    if cfg.channels_last is None:
-        cfg.channels_last = on_gpu
-    if cfg.backbone == "auto":
-        cfg.backbone = "small" if cfg.data.name == "digits" else "resnet18"
-    if cfg.data.train_split is None:
-        cfg.data.train_split = "train+unlabeled" if cfg.data.name == "stl10" else "train"
-    if cfg.augment.preset == "auto":
-        cfg.augment.preset = {"digits": "digits", "cifar10": "cifar", "cifar100": "cifar"}.get(
-            cfg.data.name, "simclr"
-        )
-    return cfg
 
 
 def _device_autocast(cfg: Config) -> tuple[torch.device, torch.dtype | None]:
@@ -180,53 +157,6 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------------
-# batches
-
-
-class InMemoryBatches:
-    """Shuffled batches of an in-memory uint8 dataset that was moved to the device once.
-
-    The order of epoch ``e`` is a permutation drawn from a generator seeded by ``(seed, e)`` over
-    the whole dataset; a global batch is ``batch_size`` consecutive entries of it (the last
-    incomplete batch is dropped). With ``world`` processes, process ``rank`` takes its
-    ``batch_size / world`` share of every global batch, so the union over processes is the batch
-    one process would see, and a run resumed with another number of processes sees the same data.
-    """
-
-    def __init__(self, dataset: ImageDataset, device: torch.device, batch_size: int, seed: int,
-                 rank: int = 0, world: int = 1):
-        if batch_size % world:
-            raise ConfigError(f"batch_size={batch_size} is not divisible by the {world} processes; "
-                              "make it a multiple of the number of processes")
-        self.n = len(dataset)
-        if batch_size > self.n:
-            raise ConfigError(
-                f"batch_size={batch_size} is larger than the training set ({self.n} images); lower batch_size"
-            )
-        self.images = dataset.images.to(device)
-        self.labels = dataset.labels.to(device) if dataset.labels is not None else None
-        self.batch_size, self.seed, self.device = batch_size, seed, device
-        self.local = batch_size // world
-        self.offset = rank * self.local
-        self.steps_per_epoch = self.n // batch_size
-
-    def __len__(self) -> int:
-        return self.steps_per_epoch
-
-    def order(self, epoch: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.n, generator=g)
-
-    def epoch(self, epoch: int, start: int = 0):
-        """Yield ``(images, labels)`` for the steps ``start..steps_per_epoch-1`` of ``epoch``."""
-        order = self.order(epoch)
-        for b in range(start, self.steps_per_epoch):
-            lo = b * self.batch_size + self.offset
-            idx = order[lo : lo + self.local].to(self.device)
-            yield self.images[idx], (self.labels[idx] if self.labels is not None else None)
-
-
-# --------------------------------------------------------------------------------------------
 # the trainer
 
 
@@ -246,26 +176,6 @@ class TrainResult:
 
         return (f"kNN top-1: trained {pct(self.knn_accuracy)} | random-init {pct(self.random_knn_accuracy)}"
                 f" | raw pixels {pct(self.raw_pixel_knn_accuracy)}  (run: {self.run_dir})")
-
-
-def build_method(cfg: Config) -> nn.Module:
-    from siamgrad.methods import registry as methods
-
-    from siamgrad.config import COMMON_METHOD_OPTIONS
-
-    name = cfg.method.get("name", "unigrad")
-    known = methods.default_options(name) if name in methods.available() else {}
-    backbone, dim = build_backbone(cfg.backbone, cifar_stem=_cifar_stem(cfg))
-    opts = {k: v for k, v in cfg.method.items()
-            if k != "name" and (k in known or k not in COMMON_METHOD_OPTIONS)}
-    return methods.build(name, backbone, dim, **opts)
-
-
-def _cifar_stem(cfg: Config) -> bool:
-    if cfg.cifar_stem is not None:
-        return cfg.cifar_stem
-    size = cfg.augment.size or cfg.data.image_size or (16 if cfg.data.name == "digits" else 32)
-    return size <= 64 or cfg.data.name in ("cifar10", "cifar100", "stl10", "digits")
 
 
 class Trainer:
