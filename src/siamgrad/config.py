@@ -70,6 +70,8 @@ class OptimConfig:
     lr_scaling: Literal["linear", "none"] = "linear"  # linear: lr * batch_size / 256
     weight_decay: float = field(default=5e-4, metadata=_range(0.0))
     momentum: float = field(default=0.9, metadata=_range(0.0, 1.0))
+    # LARS trust coefficient: 0.001 in the official Barlow Twins, VICReg and BYOL code
+    lars_eta: float = field(default=0.001, metadata=_range(0.0, lo_open=True))
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     warmup_epochs: float = field(default=2.0, metadata=_range(0.0))
     min_lr_ratio: float = field(default=0.0, metadata=_range(0.0, 1.0))

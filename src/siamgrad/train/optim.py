@@ -14,13 +14,15 @@ class LARS(torch.optim.Optimizer):
     """SGD with momentum and layer-wise adaptive rate scaling (You et al., 2017).
 
     For a parameter ``w`` with gradient ``g`` (weight decay added first), the update uses
-    ``g * eta * ||w|| / ||g||`` (``trust``), then momentum. Parameter groups with
+    ``g * eta * ||w|| / ||g||`` (``trust``; 1 where either norm is 0), then momentum
+    ``mu <- momentum * mu + g`` (``mu`` starts at 0) and ``w <- w - lr * mu``. Parameter groups with
     ``lars_exclude=True`` (biases and normalization weights, by convention) skip both the
-    weight decay and the trust ratio.
+    weight decay and the trust ratio. ``eta`` defaults to 0.001, the trust coefficient of the
+    official Barlow Twins, VICReg and BYOL code (see docs/methods.md).
     """
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
-                 eta: float = 0.02):
+                 eta: float = 0.001):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
                                       eta=eta, lars_exclude=False))
 
@@ -53,7 +55,9 @@ class LARS(torch.optim.Optimizer):
 
 
 def _split_decay(model: nn.Module) -> tuple[list, list]:
-    """(weights, biases-and-norm-parameters): the second group gets no weight decay under LARS."""
+    """(weights, biases-and-norm-parameters): parameters of at most one dimension form the second
+    group (the references' rule, ``p.ndim == 1``): under LARS it gets neither weight decay nor the
+    trust ratio, under AdamW no weight decay."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -70,7 +74,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, batch_size: int) -> torc
     if cfg.name == "lars":
         decay, no_decay = _split_decay(model)
         groups = [{"params": decay}, {"params": no_decay, "lars_exclude": True, "weight_decay": 0.0}]
-        return LARS(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return LARS(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, eta=cfg.lars_eta)
     decay, no_decay = _split_decay(model)
     groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
