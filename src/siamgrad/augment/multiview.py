@@ -54,7 +54,10 @@ exactly 0). Random parameters are drawn from the ``torch.Generator`` passed to
 :meth:`MultiViewAugment.forward` (on its device, then moved to the images' device), so a seed
 fixes the output; :meth:`MultiViewAugment.sample_params` exposes them and
 :meth:`MultiViewAugment.apply_params` applies given ones. On CPU each view is processed in
-chunks of samples (:data:`CPU_CHUNK_VALUES`); on CUDA in one piece. There the matmuls follow
+chunks of samples (:data:`CPU_CHUNK_VALUES`), with as many torch threads as the machine's load
+leaves cores free (:func:`siamgrad.cpu.limit_threads`, never more than the caller's count: on
+an oversubscribed machine one OpenMP thread beats two, which wait for each other at every op);
+on CUDA in one piece. There the matmuls follow
 torch's float32 matmul precision (TF32 if the user enabled it: errors near a quarter of a
 ``uint8`` level, harmless for augmentation).
 
@@ -75,6 +78,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from siamgrad.cpu import limit_threads
 from siamgrad.errors import ConfigError, DataError
 
 __all__ = [
@@ -788,6 +792,9 @@ class MultiViewAugment(torch.nn.Module):
         self.mean = _stats(mean, "mean")
         self.std = _stats(std, "std")
         self.chunk_size: int | None = None  # samples per chunk; None: automatic
+        # CPU threads: "auto" as many as the load leaves free (at most torch's count), an int at
+        # most that many, None torch's count as it is
+        self.threads: int | str | None = "auto"
 
     def extra_repr(self) -> str:
         return f"n_views={self.n_views}, recipes={self.recipes}, mean={self.mean}, std={self.std}"
@@ -831,6 +838,16 @@ class MultiViewAugment(torch.nn.Module):
         ``images``: a ``[B, C, H, W]`` batch, or a :class:`RaggedImages` batch whose parameters
         were drawn for its ``sizes``.
         """
+        data = images.data if isinstance(images, RaggedImages) else images
+        if not isinstance(data, torch.Tensor) or data.device.type != "cpu" or self.threads is None:
+            return self._apply(images, params)
+        if self.threads != "auto" and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                       or self.threads < 1):
+            raise ConfigError(f"augment: threads must be 'auto', a positive integer or None, got {self.threads!r}")
+        with limit_threads(None if self.threads == "auto" else self.threads):
+            return self._apply(images, params)
+
+    def _apply(self, images: torch.Tensor | RaggedImages, params: Sequence[ViewParams]) -> list[torch.Tensor]:
         ragged = isinstance(images, RaggedImages)
         data = images.data if ragged else images
         gain = _check_images(data)
