@@ -2,14 +2,25 @@
 
 Checkpoints are written to a temporary file in the same folder, flushed to disk, then renamed
 over the old one, so a crash never leaves a half-written checkpoint. The file being replaced is
-kept as ``NAME.prev.pt``, so a checkpoint damaged later on disk still has a good predecessor.
+kept as ``NAME.prev.pt`` (hard-linked there before the rename, so ``NAME.pt`` exists at every
+instant), so a checkpoint damaged later on disk still has a good predecessor.
 Loading always uses ``torch.load(..., weights_only=True)``: no pickle code runs.
+
+Write failures the user can fix are one-line :class:`CheckpointError` s: a full disk (also
+checked before a checkpoint write, against the checkpoint's expected size), a read-only or
+forbidden folder. A write cut short by SIGKILL leaves ``.NAME.XXXXXXXX.tmp`` behind;
+:func:`remove_stale_temps` deletes those of a run folder's own files.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
+import re
+import secrets
+import shutil
 import tempfile
 import warnings
 import zipfile
@@ -22,6 +33,13 @@ from siamgrad.errors import CheckpointError
 
 FORMAT = "siamgrad-checkpoint"
 VERSION = 1
+
+MB = 1 << 20
+# the files a run folder's writer replaces atomically (their temporaries are its own to delete)
+RUN_FILES = ("latest.pt", "latest.prev.pt", "best.pt", "best.prev.pt", "config.yaml", "metrics.jsonl",
+             "results.json")
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -37,33 +55,165 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | Path, write, keep_previous: bool = False) -> None:
+# --------------------------------------------------------------------------------------------
+# disks: where a path lives, how much room is left, one-line errors for write failures
+
+
+def _existing(path: Path) -> Path:
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def mount_point(path: str | Path) -> Path:
+    """The mount point of the file system ``path`` (or its nearest existing folder) is on."""
+    p = _existing(Path(path)).resolve()
+    while not os.path.ismount(p) and p != p.parent:
+        p = p.parent
+    return p
+
+
+def free_bytes(path: str | Path) -> int:
+    """Bytes an unprivileged writer may still use on the file system of ``path``."""
+    return shutil.disk_usage(_existing(Path(path))).free
+
+
+def _os_error(e: BaseException) -> OSError | None:
+    """The OSError behind ``e`` (torch's zip writer reports a full disk as a RuntimeError raised
+    while handling it)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError) and e.errno is not None:
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def no_space_error(path: str | Path, needed: int) -> CheckpointError:
+    """``no space left on DEVICE writing FILE: free N MB or point out_dir elsewhere``."""
+    short = max(needed - free_bytes(Path(path).parent), 0) / MB
+    n = f"{max(0.1, math.ceil(short * 10) / 10):.1f}" if short < 10 else f"{math.ceil(short)}"
+    return CheckpointError(f"no space left on {mount_point(path)} writing {path}: free {n} MB or point "
+                           "out_dir elsewhere")
+
+
+def write_error(e: BaseException, path: str | Path | None, needed: int = MB) -> CheckpointError | None:
+    """A one-line error for a write to ``path`` that failed with ``e`` (full disk, read-only or
+    forbidden folder), or None when ``e`` is another kind of failure. ``path`` None: the file the
+    error names, if any."""
+    os_err = _os_error(e)
+    if os_err is None:
+        return None
+    path = path if path is not None else os_err.filename
+    if path is None:
+        if os_err.errno in _NO_SPACE + (errno.EROFS,):
+            return CheckpointError(f"a write failed: {os_err.strerror.lower()}; free some space or point out_dir "
+                                   "elsewhere")
+        return None
+    if os_err.errno in _NO_SPACE:
+        return no_space_error(path, needed)
+    if os_err.errno in _READ_ONLY:
+        where = os_err.filename or Path(path).parent
+        what = "is on a read-only file system" if os_err.errno == errno.EROFS else "is not writable"
+        return CheckpointError(f"cannot write {path}: {where} {what} ({errno.errorcode[os_err.errno]}); point "
+                               "out_dir at a writable folder")
+    return None
+
+
+def make_dir(path: str | Path) -> Path:
+    """``mkdir -p path`` with a one-line error for a full, read-only or forbidden location."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        err = write_error(e, p)
+        if err is None:
+            raise
+        raise err from None
+    return p
+
+
+def expected_size(state: Any) -> int:
+    """A lower bound on the bytes ``torch.save(state)`` writes: the storage of every tensor in it."""
+    seen: dict[int, int] = {}
+    stack = [state]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, torch.Tensor):
+            s = x.untyped_storage()
+            seen[s.data_ptr() or id(s)] = s.nbytes()
+        elif isinstance(x, dict):
+            stack.extend(x.values())
+        elif isinstance(x, (list, tuple)):
+            stack.extend(x)
+    return sum(seen.values())
+
+
+def check_free_space(path: str | Path, needed: int) -> None:
+    """Raise the one-line no-space error unless ``needed`` bytes (plus a small margin) fit beside
+    ``path``."""
+    p = Path(path)
+    if free_bytes(p.parent) < needed + needed // 50 + 64 * 1024:
+        raise no_space_error(p, needed + needed // 50 + 64 * 1024)
+
+
+# --------------------------------------------------------------------------------------------
+# atomic writes
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError as e:
+        if e.errno in _NO_SPACE:
+            raise
+        shutil.copy2(src, dst)  # a file system without hard links
+
+
+def atomic_write_bytes(path: str | Path, write, keep_previous: bool = False, *, size: int | None = None) -> None:
     """Call ``write(fileobj)`` on a temporary file next to ``path`` and rename it into place.
 
-    With ``keep_previous``, the file being replaced is first renamed to ``NAME.prev.EXT``.
+    With ``keep_previous``, the file being replaced is first kept as ``NAME.prev.EXT`` (a hard
+    link, renamed over the old one; ``path`` itself is never absent). ``size``: the bytes expected,
+    for the free-space figure of a no-space error. A full disk, a read-only or forbidden folder
+    raise a one-line :class:`CheckpointError`; the old files are then untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    make_dir(path.parent)
+    tmp = link = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         if keep_previous and path.exists():
-            os.replace(path, previous_path(path))
+            prev = previous_path(path)
+            link = path.parent / f".{prev.name}.{secrets.token_hex(4)}.tmp"  # the writer's temp pattern
+            _link_or_copy(path, link)
+            os.replace(link, prev)
+            link = None
         os.replace(tmp, path)
+        tmp = None
         _fsync_dir(path.parent)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    except BaseException as e:
+        for t in (tmp, link):
+            if t is not None:
+                try:
+                    os.unlink(t)
+                except FileNotFoundError:
+                    pass
+        err = write_error(e, path, needed=size or MB) if isinstance(e, Exception) else None
+        if err is None:
+            raise
+        raise err from None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, lambda f: f.write(text.encode()))
+    data = text.encode()
+    atomic_write_bytes(path, lambda f: f.write(data), size=len(data))
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
@@ -75,12 +225,46 @@ def previous_path(path: str | Path) -> Path:
     return p.with_name(p.stem + ".prev" + p.suffix)
 
 
+_TEMP = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
+
+
+def remove_stale_temps(folder: str | Path, names: tuple[str, ...] = RUN_FILES) -> list[Path]:
+    """Delete the temporaries of :func:`atomic_write_bytes` for the files ``names`` in ``folder``
+    (left by a process killed mid-write; call it when no write of these files is in flight).
+    Returns the paths removed."""
+    folder = Path(folder)
+    removed = []
+    try:
+        entries = list(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for p in entries:
+        m = _TEMP.match(p.name)
+        if m and m["name"] in names and p.is_file() and not p.is_symlink():
+            try:
+                p.unlink()
+                removed.append(p)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
 def save_checkpoint(state: dict, path: str | Path, keep_previous: bool = True) -> None:
-    """Write ``state`` atomically; the replaced file becomes ``NAME.prev.pt``."""
+    """Write ``state`` atomically; the replaced file becomes ``NAME.prev.pt``.
+
+    Before writing, the free space beside ``path`` is checked against the expected size (the
+    larger of the tensors' bytes and the file being replaced): a disk too full for it is a
+    one-line error before anything is touched.
+    """
     path = Path(path)
     state = {"format": FORMAT, "version": VERSION, **state}
-
-    atomic_write_bytes(path, lambda f: torch.save(state, f), keep_previous=keep_previous)
+    size = expected_size(state)
+    try:
+        size = max(size, path.stat().st_size)
+    except OSError:
+        pass
+    check_free_space(path, size)
+    atomic_write_bytes(path, lambda f: torch.save(state, f), keep_previous=keep_previous, size=size)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
@@ -140,3 +324,38 @@ def load_with_fallback(path: str | Path, map_location: str | torch.device = "cpu
             ) from None
         warnings.warn(f"{first}; falling back to {prev}", stacklevel=2)
         return state, prev
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_for_checkpoint(state: dict, settings: list[str] | None, *, applies: tuple[str, ...], command: str):
+    """The checkpoint's config with the ``key=value`` ``settings`` applied, for a command that
+    uses the checkpoint's model as it is (``eval``, ``analyze gradients``).
+
+    ``applies``: the config sections and keys the command reads (e.g. ``("data", "eval")``); a
+    setting that changes anything else (``method=``, ``backbone=``, ...) would be silently ignored
+    or clash with the weights, so it is a one-line :class:`~siamgrad.errors.ConfigError`.
+    """
+    from siamgrad.config import build_config, to_dict
+    from siamgrad.errors import ConfigError
+
+    base = state["config"]
+    cfg = build_config(settings, base=base)
+    before, after = _flat(to_dict(build_config(None, base=base))), _flat(to_dict(cfg))
+    changed = [k for k in after if after[k] != before.get(k) and k.split(".")[0] not in applies]
+    if changed:
+        changed.sort(key=lambda k: k != "method.name")  # a method change shows as method.name first
+        shown = ", ".join(f"{k}={after[k]}" for k in changed[:3]) + (", ..." if len(changed) > 3 else "")
+        own = f"method {before.get('method.name')}, backbone {before.get('backbone')}"
+        scope = ", ".join(f"{a}.*" if isinstance(base.get(a), dict) else a for a in applies)
+        raise ConfigError(f"{command} uses the checkpoint's model as trained ({own}) and would ignore {shown}; "
+                          f"drop it (only {scope} settings apply)")
+    return cfg
