@@ -115,9 +115,9 @@ def write_error(e: BaseException, path: str | Path | None, needed: int = MB) -> 
     if os_err.errno in _NO_SPACE:
         return no_space_error(path, needed)
     if os_err.errno in _READ_ONLY:
-        where = os_err.filename or Path(path).parent
-        what = "is on a read-only file system" if os_err.errno == errno.EROFS else "is not writable"
-        return CheckpointError(f"cannot write {path}: {where} {what} ({errno.errorcode[os_err.errno]}); point "
+        where = f" (at {os_err.filename})" if os_err.filename and Path(os_err.filename) != Path(path) else ""
+        what = "read-only file system" if os_err.errno == errno.EROFS else "permission denied"
+        return CheckpointError(f"cannot write {path}{where}: {what} ({errno.errorcode[os_err.errno]}); point "
                                "out_dir at a writable folder")
     return None
 

@@ -21,6 +21,7 @@ global batch); errors of ranks other than 0 are prefixed with the rank.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -196,6 +197,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prefix}lost contact with the other processes ({first}); the last checkpoint is intact, "
               "rerun the same command to resume", file=sys.stderr)
         return 1
+    except OSError as e:  # a full disk or read-only mount met outside the atomic writers: still one line
+        from siamgrad.checkpoint import write_error
+
+        # (EACCES is left alone here: it may come from reading the data)
+        err = write_error(e, None) if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) else None
+        if err is None:
+            raise
+        print(prefix + str(err), file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted; resume with resume=true and the same run_name", file=sys.stderr)
         return 130

@@ -378,7 +378,17 @@ def build_config(overrides: list[str] | None = None, base: dict | None = None) -
     layers.extend((k, v) for k, v in pairs if k not in ("preset", "config"))
     for k, v in layers:
         _apply(cfg, k, v, k)
+    check_data_root(cfg)
     return cfg
+
+
+def check_data_root(cfg: Config) -> None:
+    """A ``data.root`` the chosen dataset does not read is an error, not silently ignored (one would
+    believe one trained on one's own files while the embedded digits were used)."""
+    if cfg.data.name == "digits" and cfg.data.root is not None:
+        raise ConfigError(f"data.root={cfg.data.root} is set but data.name is digits, the embedded dataset, which "
+                          "reads no files; add data=cifar10, cifar100, stl10, imagefolder or shards to use that "
+                          "folder, or drop data.root")
 
 
 def from_dict(d: dict) -> Config:
@@ -404,6 +414,7 @@ def dump_yaml(cfg: Config | dict) -> str:
 def resolve(cfg: Config) -> Config:
     """Return a copy with every ``auto``/``None`` setting replaced by its concrete value."""
     cfg = from_dict(to_dict(cfg))
+    check_data_root(cfg)
     if cfg.device == "auto":
         cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
     elif cfg.device.startswith("cuda") and not torch.cuda.is_available():

@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 
 from siamgrad.augment.multiview import build_augment
-from siamgrad.checkpoint import load_checkpoint
-from siamgrad.config import build_config
+from siamgrad.checkpoint import config_for_checkpoint, load_checkpoint
 from siamgrad.data.datasets import load_dataset
 from siamgrad.diagnostics.monitor import method_gradient_table
+from siamgrad.errors import CheckpointError
 from siamgrad.methods.build import build_method
 
 
@@ -18,9 +18,15 @@ def gradient_table_for_checkpoint(checkpoint: str, settings: list[str] | None = 
     """Rebuild the checkpoint's method, draw one augmented batch of its training data, and tabulate
     the true gradient of every method's loss against its unified form on those features."""
     state = load_checkpoint(checkpoint)
-    cfg = build_config(settings, base=state["config"])
+    # the model stays the checkpoint's: method=/backbone= settings are refused in one line
+    cfg = config_for_checkpoint(state, settings, applies=("data", "augment", "seed"), command="analyze gradients")
     method = build_method(cfg)
-    method.load_state_dict(state["method"])
+    try:
+        method.load_state_dict(state["method"])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0][:120]
+        raise CheckpointError(f"the checkpoint '{checkpoint}' does not fit the {cfg.method.get('name')} model its "
+                              f"config describes ({first}); analyze a checkpoint written by siamgrad train") from None
     d = cfg.data
     ds = load_dataset(d.name, d.root, d.train_split, image_size=d.image_size)
     images = ds.images[: min(batch, len(ds))]
