@@ -4,7 +4,7 @@ Both paths read the same JPEG files and run the same training step (backbone + S
 two views, SGD) with the same batch size, worker count and threads; only the input pipeline
 differs:
 
-* ``siamgrad``: :class:`siamgrad.data.stream.StreamBatches` (workers read the raw bytes; JPEGs decoded
+* ``siamgrad``: :class:`siamgrad.data.streaming.StreamBatches` (workers read the raw bytes; JPEGs decoded
   on the GPU in batches on CUDA, in the workers on CPU), then the batched on-device
   augmentation (:func:`siamgrad.augment.multiview.build_augment`, ``simclr`` preset) of the ragged batch;
 * ``per-image PIL``: a DataLoader whose workers open each file with PIL and apply torchvision's
@@ -50,7 +50,8 @@ from siamgrad import methods  # noqa: E402
 from siamgrad.augment.multiview import blur_kernel_size, build_augment  # noqa: E402
 from siamgrad.models.backbones import build_backbone  # noqa: E402
 from siamgrad.data.datasets import load_dataset  # noqa: E402
-from siamgrad.data.stream import FolderSource, StreamBatches  # noqa: E402
+from siamgrad.data.sources import FolderSource  # noqa: E402
+from siamgrad.data.streaming import StreamBatches  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

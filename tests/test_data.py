@@ -25,13 +25,9 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from siamgrad.data import datasets as data
-from siamgrad.data.datasets import (
-    DATASETS,
-    ImageDataset,
-    RestrictedUnpickler,
-    channel_stats,
-    load_dataset,
-)
+from siamgrad.data.bad_images import UnreadableImageWarning
+from siamgrad.data.datasets import DATASETS, RestrictedUnpickler, load_dataset
+from siamgrad.data.in_memory import ImageDataset, channel_stats
 from siamgrad.errors import DataError, SiamgradError
 
 CIFAR10_NAMES = [
@@ -333,12 +329,17 @@ def test_imagefolder_classes_grayscale_and_corrupt_file(tmp_path):
     (tmp_path / "dogs/broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
     (tmp_path / "dogs/notes.txt").write_text("ignored: not an image suffix")
 
+    # 1 unreadable file of 14: above the default limit (data.max_bad_fraction=0.01), within 0.1
+    msg = expect_data_error(lambda: load_dataset("imagefolder", tmp_path, image_size=8),
+                            "1 of the 14 files", "broken.png", "data.max_bad_fraction=0.01")
+    assert "gray.png" not in msg
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ds = load_dataset("imagefolder", tmp_path, image_size=8)
+        ds = load_dataset("imagefolder", tmp_path, image_size=8, max_bad_fraction=0.1)
     relevant = [w for w in caught if "unreadable" in str(w.message)]
     assert len(relevant) == 1, [str(w.message) for w in caught]
-    assert "skipped 1 " in str(relevant[0].message) and "broken.png" in str(relevant[0].message)
+    assert issubclass(relevant[0].category, UnreadableImageWarning)
+    assert str(relevant[0].message).startswith(f"skipped unreadable image {tmp_path / 'dogs' / 'broken.png'} (")
 
     assert ds.classes == ["cats", "dogs"] and ds.name == "imagefolder"
     assert ds.images.shape == (13, 3, 8, 8) and ds.labels.dtype == torch.int64
@@ -411,10 +412,11 @@ def test_imagefolder_errors(tmp_path):
         save_image(flat / f"ok{k}.png", np.full((4, 4, 3), k, np.uint8))
     for k in range(2):  # 2 of 11 unreadable: more than 10%
         (flat / f"bad{k}.jpg").write_bytes(b"not a jpeg at all")
-    msg = expect_data_error(
-        lambda: load_dataset("imagefolder", flat), "2 of 11", "bad0.jpg", "bad1.jpg"
-    )
-    assert "10%" in msg
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnreadableImageWarning)
+        expect_data_error(lambda: load_dataset("imagefolder", flat, max_bad_fraction=0.1),
+                          "2 of the 11 files", "bad0.jpg", "bad1.jpg", "data.max_bad_fraction=0.1")
+        assert len(load_dataset("imagefolder", flat, max_bad_fraction=0.2)) == 9  # 2 of 11 <= 20%
 
 
 # ------------------------------------------------------------------------------------------

@@ -61,7 +61,8 @@ def test_raw_pixel_baseline_on_cifar_subset():
     """The raw-pixel kNN on the shared CIFAR-10 subset is about 34.8% (the figure the project quotes)."""
     from pathlib import Path
 
-    from siamgrad.data.datasets import channel_stats, load_dataset
+    from siamgrad.data.datasets import load_dataset
+    from siamgrad.data.in_memory import channel_stats
     from siamgrad.eval.knn import raw_pixel_features
 
     root = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-subset"

@@ -38,7 +38,8 @@ from siamgrad import checkpoint as ck
 from siamgrad.methods import registry as methods
 from siamgrad.cli import main
 from siamgrad.config import build_config
-from siamgrad.data.datasets import ImageDataset, channel_stats, load_dataset
+from siamgrad.data.datasets import load_dataset
+from siamgrad.data.in_memory import ImageDataset, channel_stats
 from siamgrad.errors import CheckpointError, DataError, SiamgradError, TrainingError
 from siamgrad.data.batches import InMemoryBatches
 from siamgrad.train.loop import Trainer, read_metrics, train

@@ -1,4 +1,4 @@
-"""Tests of ``siamgrad data pack`` (siamgrad.data.pack) and of reading tar shards (siamgrad.data.stream).
+"""Tests of ``siamgrad data pack`` (siamgrad.data.pack) and of reading tar shards (siamgrad.data.sources).
 
 The shards are checked with Python's own ``tarfile`` (not the project's scanner): member names,
 bytes, labels and data offsets. Shards written here by hand in the WebDataset layout stand for
@@ -21,7 +21,10 @@ from torchvision.io import encode_jpeg, encode_png
 from siamgrad.cli import main
 from siamgrad.errors import DataError
 from siamgrad.data.pack import pack_folder
-from siamgrad.data.stream import ShardSource, StreamBatches, UnreadableImageWarning, decode_image_bytes
+from siamgrad.data.bad_images import UnreadableImageWarning
+from siamgrad.data.decode import decode_image_bytes
+from siamgrad.data.sources import ShardSource
+from siamgrad.data.streaming import StreamBatches
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*image decoding:DeprecationWarning")
 
@@ -79,9 +82,12 @@ def test_pack_round_trip_bytes_labels_offsets_and_splits(tmp_path) -> None:
         # the index's offsets are tarfile's, and ShardSource reads the same bytes and labels
         src = ShardSource.open(tmp_path / "out", split)
         assert len(src) == len(files) and src.classes == list(CLASSES)
+        # and names each sample by shard, member and the file it was packed from
+        origin = {p.read_bytes(): p.relative_to(tmp_path / "src").as_posix()
+                  for p in (tmp_path / "src" / split).rglob("*.*")}
         for i, (name, data, label, offset) in enumerate(samples):
             assert int(src.offset[i]) == offset and src.read(i) == data and int(src.labels[i]) == label
-            assert src.describe(i).endswith(name)
+            assert src.describe(i) == f"{folder}/{name} (packed from {origin[data]})"
     # a PNG's pixels survive exactly (grayscale source -> RGB)
     png = next(d for d in train if d[1:4] == b"PNG")
     k = next(i for i, s in enumerate(_tar_samples(tmp_path / "out" / "train")) if s[1] == png)
@@ -124,9 +130,12 @@ def test_verify_leaves_out_corrupt_files_and_unverified_ones_are_skipped_when_st
     src = ShardSource.open(tmp_path / "u")
     assert len(src) == 10
     batches = StreamBatches(src, "cpu", batch_size=5, seed=0, workers=0, max_bad_fraction=0.2)
-    with pytest.warns(UnreadableImageWarning, match=r"shard-000000\.tar:\d{9}\.jpg"):
+    with pytest.warns(UnreadableImageWarning, match=r"shard-000000\.tar:\d{9}\.jpg \(packed from ant/broken\.jpg\)"):
         n = sum(len(im) for im, _ in batches.epoch(0))
     assert n == 10 and len(batches.bad.files) == 1
+    # a subset (data.fraction) keeps the original names of its samples
+    sub = src.subset(np.arange(len(src))[::-1].copy())
+    assert [sub.describe(i) for i in range(len(sub))] == [src.describe(i) for i in range(len(src))][::-1]
 
 
 def _webdataset_shard(path: Path, samples: list[tuple[str, bytes, int | None]]) -> None:
@@ -152,6 +161,7 @@ def test_foreign_shards_are_indexed_on_first_use_and_reindexed_when_changed(tmp_
     src = ShardSource.open(d)
     assert len(src) == 6 and src.labels.tolist() == [0, 1, 2, 0, 1, 2] and src.classes == ["0", "1", "2"]
     assert [src.read(i) for i in range(6)] == jpgs[:6]
+    assert src.describe(0) == f"{d / 'part-a.tar'}:dir/s0.jpg"  # no original names to tell
     assert (d / "index.json").is_file() and (d / "index.npz").is_file()
     _webdataset_shard(d / "part-c.tar", [("s6", jpgs[6], 1)])
     with pytest.warns(UserWarning, match="differ"):

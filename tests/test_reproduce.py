@@ -235,7 +235,7 @@ def test_benchmark_peer_pipeline_applies_the_recipe():
     import dataclasses
 
     from siamgrad.augment.multiview import PRESETS
-    from siamgrad.data.datasets import ImageDataset
+    from siamgrad.data.in_memory import ImageDataset
 
     bench = _bench("bench_throughput")
     rng = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-"""Tests of siamgrad.data.stream (streamed image folders and shards) and of ragged-batch cropping.
+"""Tests of streamed image folders and shards (siamgrad.data.sources, .streaming, .decode) and of ragged-batch cropping.
 
 The image files are written here (torchvision's encoders; a grayscale JPEG and PNG, a corrupt
 JPEG) with a distinct height per file, so a decoded image's size names its file: which samples a
@@ -27,17 +27,11 @@ from siamgrad import checkpoint as ck
 from siamgrad.augment.multiview import MultiViewAugment, RaggedImages, ViewRecipe, build_augment
 from siamgrad.config import build_config
 from siamgrad.errors import DataError
-from siamgrad.data.stream import (
-    BadImageCounter,
-    FolderSource,
-    PackedStrings,
-    StreamBatches,
-    StreamedDataset,
-    UnreadableImageWarning,
-    decode_image_bytes,
-    load_train_set,
-    shuffle_buffer_order,
-)
+from siamgrad.data.bad_images import BadImageCounter, UnreadableImageWarning
+from siamgrad.data.decode import decode_image_bytes
+from siamgrad.data.sets import load_train_set
+from siamgrad.data.sources import FolderSource, PackedStrings, shuffle_buffer_order
+from siamgrad.data.streaming import StreamBatches, StreamedDataset
 from siamgrad.train.loop import Trainer, train
 
 CLASSES = ("cat", "dog", "eel")

@@ -95,7 +95,7 @@ def test_cli_train_and_eval_end_to_end(tmp_path):
 
 
 def test_batches_shard_across_processes_and_resume_mid_epoch():
-    from siamgrad.data.datasets import ImageDataset
+    from siamgrad.data.in_memory import ImageDataset
     from siamgrad.data.batches import InMemoryBatches
 
     n = 50

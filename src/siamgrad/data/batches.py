@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from siamgrad.data.datasets import ImageDataset
+from siamgrad.data.in_memory import ImageDataset
 from siamgrad.errors import ConfigError
 
 

@@ -1,10 +1,7 @@
-"""Datasets held in memory as uint8 tensors.
+"""The named datasets, loaded into memory as uint8 tensors (:func:`load_dataset`).
 
-Every loader returns an :class:`ImageDataset`: ``images`` is a contiguous ``uint8`` tensor of
-shape ``[N, 3, H, W]`` with ``H == W`` (grayscale sources are replicated to three channels),
-``labels`` an ``int64`` tensor of shape ``[N]`` (``None`` for unlabeled data). Keeping the
-whole set as one tensor lets the trainer move batches to the device in one copy and run the
-augmentations there, batched (see DESIGN.md, section 7).
+Every loader returns an :class:`~siamgrad.data.in_memory.ImageDataset` (``images`` uint8
+``[N, 3, H, W]``, square; ``labels`` int64 ``[N]`` or ``None``).
 
 Supported sources (:data:`DATASETS`):
 
@@ -18,50 +15,45 @@ Supported sources (:data:`DATASETS`):
 * ``stl10``: the official binary layout (column-major 3x96x96 images), read through
   ``numpy.memmap``; splits ``train``, ``test``, ``unlabeled``, ``train+unlabeled``.
 * ``imagefolder``: ``root/<class>/*.png|jpg|jpeg|bmp|webp`` (labels from the sorted class
-  folder names) or a flat folder of images (unlabeled), optionally below ``root/<split>/``.
+  folder names) or a flat folder of images (unlabeled), optionally below ``root/<split>/``:
+  scanned by :class:`~siamgrad.data.sources.FolderSource` and decoded by
+  :func:`~siamgrad.data.in_memory.load_in_memory`, as the streamed image folders are.
 
-Resizing conventions: images are resized with bilinear interpolation with antialiasing
-(``align_corners=False``) computed in float32 on the 0..255 values, then rounded to the nearest
-integer (ties to even) and clamped to 0..255.
-
+Resizing follows :func:`siamgrad.data.decode.resize_uint8` (bilinear, antialiased, rounded).
 Every problem with the data raises :class:`~siamgrad.errors.DataError` with a one-line message.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
-import numbers
 import os
 import pickle
 import tarfile
 import urllib.error
 import urllib.request
-import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from siamgrad.data.bad_images import DEFAULT_MAX_BAD_FRACTION
+from siamgrad.data.decode import one_line, resize_uint8
+from siamgrad.data.in_memory import ImageDataset, load_in_memory, stratified_sample
+from siamgrad.data.sources import FolderSource
 from siamgrad.errors import ConfigError, DataError
 
 __all__ = [
     "DATASETS",
-    "IMAGE_EXTENSIONS",
-    "ImageDataset",
+    "DIGITS_DEFAULT_SIZE",
+    "IMAGEFOLDER_DEFAULT_SIZE",
     "RestrictedUnpickler",
-    "channel_stats",
     "load_dataset",
 ]
 
 DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "stl10", "imagefolder")
 """Names accepted by :func:`load_dataset`."""
-
-IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-"""File suffixes (case-insensitive) that the image-folder loader reads."""
 
 DIGITS_SPLIT_SEED = 0
 """Seed of the fixed class-stratified 75/25 train/test split of ``digits``."""
@@ -69,11 +61,9 @@ DIGITS_SPLIT_SEED = 0
 DIGITS_TEST_FRACTION = 0.25
 DIGITS_DEFAULT_SIZE = 16
 IMAGEFOLDER_DEFAULT_SIZE = 64
-STATS_MAX_IMAGES = 10_000
-""":func:`channel_stats` uses at most this many images (a fixed random sample beyond it)."""
+"""Side of an image folder's (and shards') images in memory when ``data.image_size`` is unset."""
 
-_CHUNK = 512  # images per resize / copy chunk, bounds the float32 working memory
-_CORRUPT_LIMIT = 0.10  # an image folder with more unreadable files than this fraction fails
+_CHUNK = 512  # images per copy chunk of STL-10, bounds the working memory
 
 _CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -116,144 +106,7 @@ _DOWNLOAD_TIMEOUT_S = 60.0
 
 def _error(message: str) -> DataError:
     """A :class:`DataError` whose message is collapsed onto one line."""
-    return DataError(" ".join(str(message).split()))
-
-
-# --------------------------------------------------------------------------------------------
-# The dataset container
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ImageDataset:
-    """Images and labels held in memory.
-
-    Attributes:
-        images: ``uint8`` tensor ``[N, 3, H, W]``, contiguous, square (``H == W``).
-        labels: ``int64`` tensor ``[N]`` with values in ``0..len(classes)-1``, or ``None`` for
-            unlabeled data.
-        classes: class names; ``labels[i]`` indexes this list.
-        name: the dataset's name (one of :data:`DATASETS`).
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor | None
-    classes: list[str] = field(default_factory=list)
-    name: str = ""
-
-    def __post_init__(self) -> None:
-        img = self.images
-        if not isinstance(img, torch.Tensor) or img.dtype != torch.uint8 or img.dim() != 4:
-            raise _error(
-                f"dataset {self.name!r}: images must be a uint8 tensor [N, 3, H, W], got "
-                f"{getattr(img, 'dtype', type(img).__name__)} of shape "
-                f"{tuple(getattr(img, 'shape', ()))}"
-            )
-        if img.shape[1] != 3 or img.shape[2] != img.shape[3]:
-            raise _error(
-                f"dataset {self.name!r}: images must be square with 3 channels [N, 3, S, S], "
-                f"got shape {tuple(img.shape)}"
-            )
-        if not img.is_contiguous():
-            self.images = img.contiguous()
-        if self.labels is not None:
-            lab = self.labels
-            if not isinstance(lab, torch.Tensor) or lab.dim() != 1 or lab.shape[0] != img.shape[0]:
-                raise _error(
-                    f"dataset {self.name!r}: labels must be a 1-D tensor with one entry per image "
-                    f"({img.shape[0]}), got shape {tuple(getattr(lab, 'shape', ()))}"
-                )
-            if lab.dtype != torch.int64:
-                self.labels = lab.to(torch.int64)
-        self.classes = list(self.classes)
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    @property
-    def image_size(self) -> int:
-        """Side length ``H`` (``== W``) of the square images."""
-        return int(self.images.shape[2])
-
-    def subset(self, indices: torch.Tensor) -> ImageDataset:
-        """The images at ``indices`` (an integer index tensor or a boolean mask), in that order."""
-        idx = torch.as_tensor(indices)
-        if idx.dtype == torch.bool:
-            idx = torch.nonzero(idx, as_tuple=False).flatten()
-        idx = idx.to(torch.int64)
-        labels = None if self.labels is None else self.labels[idx].clone()
-        return ImageDataset(
-            images=self.images[idx].contiguous(),
-            labels=labels,
-            classes=list(self.classes),
-            name=self.name,
-        )
-
-    def fraction(self, frac: float, seed: int = 0) -> ImageDataset:
-        """A class-stratified random subset holding about ``frac`` of the images.
-
-        For every class with ``n_c`` images, ``k_c = clamp(floor(frac * n_c + 1/2), 1, n_c)``
-        of them are drawn without replacement (a random permutation seeded by ``seed``);
-        unlabeled data is sampled as one group. The kept images stay in their original order.
-        ``frac`` must lie in ``(0, 1]``; ``frac == 1`` returns the full set.
-        """
-        if isinstance(frac, bool) or not isinstance(frac, numbers.Real) or not 0.0 < frac <= 1.0:
-            raise ConfigError(
-                f"data fraction must be in (0, 1], got {frac!r}; e.g. data.fraction=0.5"
-            )
-        if float(frac) == 1.0:
-            return self.subset(torch.arange(len(self)))
-        return self.subset(_stratified_sample(self.labels, len(self), float(frac), seed))
-
-
-def _stratified_sample(
-    labels: torch.Tensor | None, n: int, frac: float, seed: int
-) -> torch.Tensor:
-    """Sorted indices of a per-class random sample of ``round(frac * n_c)`` (>= 1) items."""
-    gen = torch.Generator().manual_seed(int(seed))
-    groups = [torch.arange(n)] if labels is None else [
-        torch.nonzero(labels == c, as_tuple=False).flatten() for c in torch.unique(labels)
-    ]
-    picked = []
-    for members in groups:
-        n_c = members.numel()
-        if n_c == 0:
-            continue
-        k = min(n_c, max(1, math.floor(frac * n_c + 0.5)))
-        picked.append(members[torch.randperm(n_c, generator=gen)[:k]])
-    return torch.sort(torch.cat(picked)).values
-
-
-def channel_stats(
-    ds: ImageDataset, max_images: int = STATS_MAX_IMAGES, seed: int = 0
-) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    """Per-channel mean and standard deviation of the pixel values in ``[0, 1]`` units.
-
-    ``mean_c = sum(x) / M`` and ``std_c = sqrt(sum(x^2) / M - mean_c^2)`` (population std) over
-    all ``M`` pixels of channel ``c`` of the images, with ``x = value / 255``. Sets larger than
-    ``max_images`` use a fixed random sample of ``max_images`` images (seeded by ``seed``).
-    The sums are accumulated exactly in int64.
-    """
-    n = len(ds)
-    if n == 0:
-        raise _error(f"dataset {ds.name!r} is empty: no images to compute channel statistics from")
-    if n > max_images:
-        gen = torch.Generator().manual_seed(int(seed))
-        idx = torch.sort(torch.randperm(n, generator=gen)[:max_images]).values
-    else:
-        idx = torch.arange(n)
-    total = torch.zeros(3, dtype=torch.int64)
-    total_sq = torch.zeros(3, dtype=torch.int64)
-    for start in range(0, idx.numel(), _CHUNK):
-        x = ds.images[idx[start : start + _CHUNK]].to(torch.int64)
-        total += x.sum(dim=(0, 2, 3))
-        total_sq += (x * x).sum(dim=(0, 2, 3))
-    count = idx.numel() * ds.images.shape[2] * ds.images.shape[3]
-    mean = total.double() / count
-    var = (total_sq.double() / count - mean * mean).clamp_min(0.0)
-    mean01 = (mean / 255.0).tolist()
-    std01 = (var.sqrt() / 255.0).tolist()
-    return (mean01[0], mean01[1], mean01[2]), (std01[0], std01[1], std01[2])
+    return DataError(one_line(message))
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,6 +121,7 @@ def load_dataset(
     *,
     image_size: int | None = None,
     download: bool = False,
+    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
 ) -> ImageDataset:
     """Load one split of a dataset into memory as uint8 tensors.
 
@@ -282,6 +136,8 @@ def load_dataset(
             (defaults: 16 for ``digits``, 64 for ``imagefolder``, native otherwise).
         download: fetch the official archive into ``root`` when the files are absent
             (CIFAR-10/100, STL-10).
+        max_bad_fraction: an image folder with more unreadable files than this share fails
+            (``data.max_bad_fraction``); fewer are skipped with a warning each.
     """
     key = str(name).strip().lower()
     if key not in DATASETS:
@@ -297,9 +153,9 @@ def load_dataset(
     elif key == "stl10":
         ds = _load_stl10(root, split, download, image_size)
     else:
-        return _load_imagefolder(root, split, image_size or IMAGEFOLDER_DEFAULT_SIZE)
+        return _load_imagefolder(root, split, image_size or IMAGEFOLDER_DEFAULT_SIZE, max_bad_fraction)
     if image_size is not None and image_size != ds.image_size:
-        ds = ImageDataset(_resize_uint8(ds.images, image_size), ds.labels, ds.classes, ds.name)
+        ds = ImageDataset(resize_uint8(ds.images, image_size), ds.labels, ds.classes, ds.name)
     return ds
 
 
@@ -321,18 +177,6 @@ def _resolve_root(
     return Path(root).expanduser()
 
 
-def _resize_uint8(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
-    """Bilinear (antialiased) resize of uint8 ``[N, C, H, W]`` to ``size``, rounded to uint8."""
-    hw = (size, size) if isinstance(size, int) else size
-    n = images.shape[0]
-    out = torch.empty((n, images.shape[1], hw[0], hw[1]), dtype=torch.uint8)
-    for start in range(0, n, _CHUNK):
-        x = images[start : start + _CHUNK].to(torch.float32)
-        y = F.interpolate(x, size=hw, mode="bilinear", align_corners=False, antialias=True)
-        out[start : start + _CHUNK] = y.round_().clamp_(0, 255).to(torch.uint8)
-    return out
-
-
 # --------------------------------------------------------------------------------------------
 # digits (embedded, from scikit-learn)
 # --------------------------------------------------------------------------------------------
@@ -340,7 +184,7 @@ def _resize_uint8(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Te
 
 def _digits_split_indices(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The fixed class-stratified (train, test) indices of ``digits`` (test ~ 25% per class)."""
-    test = _stratified_sample(labels, labels.numel(), DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED)
+    test = stratified_sample(labels, labels.numel(), DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED)
     mask = torch.ones(labels.numel(), dtype=torch.bool)
     mask[test] = False
     train = torch.nonzero(mask, as_tuple=False).flatten()
@@ -359,7 +203,7 @@ def _load_digits(split: str, image_size: int | None) -> ImageDataset:
     size = image_size or DIGITS_DEFAULT_SIZE
     gray = scaled.unsqueeze(1)
     if size != gray.shape[-1]:
-        gray = _resize_uint8(gray, size)
+        gray = resize_uint8(gray, size)
     images = gray.expand(-1, 3, -1, -1).contiguous()
     train, test = _digits_split_indices(labels)
     idx = train if split == "train" else test
@@ -739,7 +583,7 @@ def _load_stl10(
         for start in range(0, n, _CHUNK * 4):
             chunk = torch.from_numpy(np.ascontiguousarray(arr[start : start + _CHUNK * 4]))
             if side != _STL_SIDE:
-                chunk = _resize_uint8(chunk, side)
+                chunk = resize_uint8(chunk, side)
             images[offset + start : offset + start + chunk.shape[0]] = chunk
         if label_file is not None:
             labels.append(_stl_labels(folder / label_file, n))
@@ -753,114 +597,12 @@ def _load_stl10(
 # Image folders
 # --------------------------------------------------------------------------------------------
 
-_SPLIT_FOLDER_NAMES = ("train", "val", "valid", "validation", "test", "unlabeled")
-
-
-def _is_image(path: Path) -> bool:
-    return (
-        path.is_file()
-        and path.suffix.lower() in IMAGE_EXTENSIONS
-        and not path.name.startswith(".")
-    )
-
-
-def _decode(path: Path) -> torch.Tensor:
-    """Decode one file to uint8 RGB ``[3, H, W]`` (torchvision; Pillow for BMP)."""
-    if path.suffix.lower() == ".bmp":
-        from PIL import Image
-
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
-    from torchvision.io import ImageReadMode, decode_image
-
-    data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
-    with warnings.catch_warnings():
-        # torchvision >= 0.29 announces the move of its decoders to torchcodec on every call
-        warnings.filterwarnings("ignore", message=".*image decoding", category=DeprecationWarning)
-        return decode_image(data, mode=ImageReadMode.RGB)
-
-
-def _resize_center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize ``[3, h, w]`` so its shorter side is ``size`` (aspect kept), then center-crop."""
-    h, w = int(img.shape[1]), int(img.shape[2])
-    if h <= w:
-        new_h, new_w = size, max(size, round(w * size / h))
-    else:
-        new_h, new_w = max(size, round(h * size / w)), size
-    if (new_h, new_w) != (h, w):
-        img = _resize_uint8(img.unsqueeze(0), (new_h, new_w))[0]
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-    return img[:, top : top + size, left : left + size]
-
-
-def _imagefolder_split(base: Path, split: str) -> Path:
-    present = [s for s in _SPLIT_FOLDER_NAMES if (base / s).is_dir()]
-    if (base / split).is_dir():
-        return base / split
-    if present:
-        raise _error(
-            f"image folder {base} has no {split!r} split subfolder; "
-            f"valid splits: {', '.join(present)}"
-        )
-    if split == "train":
-        return base
-    raise _error(
-        f"unknown split {split!r} for image folder {base}: it has no split subfolders, so its only "
-        f"split is 'train'; put held-out images under {base}/{split}/ to add one"
-    )
-
-
-def _load_imagefolder(root: str | os.PathLike[str] | None, split: str, size: int) -> ImageDataset:
-    expected = "<class>/*.png|jpg|jpeg|bmp|webp (or a flat folder of images)"
-    base = _resolve_root(root, "imagefolder", expected, downloadable=False)
-    if not base.is_dir():
-        raise _error(
-            f"image folder {base} does not exist; set data.root to a folder holding {expected}"
-        )
-    folder = _imagefolder_split(base, split)
-    class_dirs = sorted(
-        (d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")),
-        key=lambda d: d.name,
-    )
-    files: list[tuple[Path, int]] = []
-    if class_dirs:
-        classes = [d.name for d in class_dirs]
-        for label, d in enumerate(class_dirs):
-            files += [(p, label) for p in sorted(d.iterdir()) if _is_image(p)]
-    else:
-        classes = []
-        files = [(p, -1) for p in sorted(folder.iterdir()) if _is_image(p)]
-    if not files:
-        raise _error(
-            f"image folder {folder} is empty: no {'/'.join(IMAGE_EXTENSIONS)} files in {expected}"
-        )
-    images: list[torch.Tensor] = []
-    labels: list[int] = []
-    failed: list[Path] = []
-    for path, label in files:
-        try:
-            img = _decode(path)
-        except Exception:  # any decoder failure means an unreadable file
-            failed.append(path)
-            continue
-        images.append(_resize_center_crop(img, size))
-        labels.append(label)
-    if failed:
-        shown = ", ".join(str(p.relative_to(folder)) for p in failed[:3])
-        more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
-        if len(failed) > _CORRUPT_LIMIT * len(files):
-            raise _error(
-                f"{len(failed)} of {len(files)} images in {folder} could not be decoded "
-                f"(more than {_CORRUPT_LIMIT:.0%}), e.g. {shown}{more}; "
-                f"check or remove the corrupt files"
-            )
-        warnings.warn(
-            f"skipped {len(failed)} unreadable image(s) of {len(files)} in {folder}: {shown}{more}",
-            stacklevel=3,
-        )
-    lab = torch.tensor(labels, dtype=torch.int64) if classes else None
-    return ImageDataset(torch.stack(images).contiguous(), lab, classes, "imagefolder")
+def _load_imagefolder(root: str | os.PathLike[str] | None, split: str, size: int,
+                      max_bad_fraction: float) -> ImageDataset:
+    # decoded in this process (no worker processes): loading draws nothing from torch's global
+    # generator, so a run's initial weights do not depend on the data's format
+    return load_in_memory(FolderSource.scan(root, split), None, size, workers=0,
+                          max_bad_fraction=max_bad_fraction)
 
 
 # --------------------------------------------------------------------------------------------

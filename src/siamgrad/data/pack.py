@@ -5,8 +5,9 @@ Layout written: ``DST/shard-000000.tar``, ``shard-000001.tar``, ... each holding
 is written ``.jpg``) followed by ``KEY.cls`` (the class number as text; absent for a flat,
 unlabeled folder). ``KEY`` is the sample's 9-digit number in packing order. Beside the shards,
 ``index.json`` (format, classes, per shard its name, sample count and bytes) and ``index.npz``
-(per sample: shard, data offset, size, label), which :class:`siamgrad.data.stream.ShardSource`
-reads instead of scanning the tars.
+(per sample: shard, data offset, size, label, and the original file name relative to ``SRC``),
+which :class:`siamgrad.data.sources.ShardSource` reads instead of scanning the tars; messages
+about a sample (an unreadable image) name its original file.
 
 A source folder with split subfolders (``train``, ``val``, ``test``, ...) is packed split by
 split into ``DST/<split>/``. Samples are shuffled (seeded) before packing by default, so that
@@ -26,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-from siamgrad.data.datasets import _SPLIT_FOLDER_NAMES
+from siamgrad.data.decode import decode_image_bytes
+from siamgrad.data.sources import INDEX_JSON, SPLIT_FOLDER_NAMES, FolderSource, build_shard_index
 from siamgrad.errors import DataError
-from siamgrad.data.stream import INDEX_JSON, FolderSource, build_shard_index, decode_image_bytes
 
 __all__ = ["PackResult", "pack_folder"]
 
@@ -66,7 +67,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def _pack_split(source: FolderSource, dst: Path, split: str, shard_size: int, max_shard_bytes: int,
-                shuffle: bool, seed: int, verify: bool) -> PackResult:
+                shuffle: bool, seed: int, verify: bool, name_prefix: str = "") -> PackResult:
     dst.mkdir(parents=True, exist_ok=True)
     n = len(source)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist() if shuffle else list(range(n))
@@ -74,6 +75,7 @@ def _pack_split(source: FolderSource, dst: Path, split: str, shard_size: int, ma
     skipped: list[str] = []
     shard_no, in_shard, tar, part = 0, 0, None, None
     written = 0
+    names: list[str] = []  # per written sample: its file, relative to the packed folder
 
     def close() -> None:
         nonlocal tar, part, shard_no, in_shard
@@ -101,6 +103,7 @@ def _pack_split(source: FolderSource, dst: Path, split: str, shard_size: int, ma
         _add(tar, f"{key}.{_ext(source.files[i])}", data)
         if labels is not None:
             _add(tar, f"{key}.cls", str(int(labels[i])).encode())
+        names.append(name_prefix + source.files[i])
         in_shard += 1
         written += 1
         if tar.fileobj is not None:
@@ -108,7 +111,7 @@ def _pack_split(source: FolderSource, dst: Path, split: str, shard_size: int, ma
     close()
     if written == 0:
         raise DataError(f"no readable image in {source.where}; nothing was packed")
-    index = build_shard_index(dst, classes=list(source.classes))
+    index = build_shard_index(dst, classes=list(source.classes), source_names=names)
     if not (dst / INDEX_JSON).is_file():
         raise DataError(f"could not write {dst / INDEX_JSON}; check that {dst} is writable")
     total = sum(e["bytes"] for e in index["meta"]["shards"])
@@ -140,16 +143,17 @@ def pack_folder(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, sha
         if not overwrite:
             raise DataError(f"destination {dst_p} is not empty; choose an empty folder or pass --overwrite")
         for p in list(dst_p.iterdir()):
-            if p.is_dir() and p.name in _SPLIT_FOLDER_NAMES:
+            if p.is_dir() and p.name in SPLIT_FOLDER_NAMES:
                 shutil.rmtree(p)
             elif p.is_file() and (p.suffix in (".tar", ".part") or p.name.startswith("index.")):
                 p.unlink()
-    splits = [s for s in _SPLIT_FOLDER_NAMES if (src_p / s).is_dir()]
+    splits = [s for s in SPLIT_FOLDER_NAMES if (src_p / s).is_dir()]
     results = []
     for split in splits or ["train"]:
         source = FolderSource.scan(src_p, split)
         out = dst_p / split if splits else dst_p
-        results.append(_pack_split(source, out, split, shard_size, max_shard_bytes, shuffle, seed, verify))
+        results.append(_pack_split(source, out, split, shard_size, max_shard_bytes, shuffle, seed, verify,
+                                   name_prefix=f"{split}/" if splits else ""))
     (dst_p / "pack.json").write_text(json.dumps(
         {"source": str(src_p), "splits": [r.split for r in results], "shuffle": shuffle, "seed": seed}, indent=1))
     return results
