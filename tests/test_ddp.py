@@ -44,7 +44,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from siamgrad import checkpoint as ck
-from siamgrad.methods import registry as methods
+from siamgrad import methods
 from siamgrad.config import build_config
 from siamgrad.errors import ConfigError
 from siamgrad.train.loop import Trainer, read_metrics, train

@@ -438,7 +438,7 @@ def test_asymmetric_linear_predictor_is_exact_without_eps(name):
 
 def test_gradient_table_lists_every_method_with_its_numbers():
     u1, u2 = _views(seed=32)
-    from siamgrad.methods import registry as methods
+    from siamgrad import methods
 
     table = dg.gradient_table(_t(u1), _t(u2), options={"unigrad": {"lam": 12.0}, "moco": {"queue_size": 16}})
     lines = table.splitlines()
@@ -466,7 +466,7 @@ def test_decompose_rejects_bad_input():
 
 
 def _live(name: str, backbone: torch.nn.Module | None = None, **extra):
-    from siamgrad.methods import registry as methods
+    from siamgrad import methods
 
     torch.manual_seed(0)
     opts = {"proj_hidden_dim": 32, "proj_output_dim": 16, **extra}

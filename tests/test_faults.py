@@ -35,7 +35,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from siamgrad import checkpoint as ck
-from siamgrad.methods import registry as methods
+from siamgrad import methods
 from siamgrad.cli import main
 from siamgrad.config import build_config
 from siamgrad.data.datasets import load_dataset

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from siamgrad.methods import registry as methods
+from siamgrad import methods
 from siamgrad.errors import ConfigError, SiamgradError
 from siamgrad.core.gradient import l2n
 
@@ -276,7 +276,7 @@ def test_moco_queue_enqueue_and_pointer_wrap() -> None:
 
 
 def test_feature_queue_keeps_last_keys_when_batch_exceeds_queue() -> None:
-    from siamgrad.core.objectives.contrastive import FeatureQueue
+    from siamgrad.methods.states import FeatureQueue
 
     q = FeatureQueue(4, 2)
     q.ptr.fill_(3)

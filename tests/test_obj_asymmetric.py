@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from siamgrad.methods import registry as methods
+from siamgrad import methods
+from siamgrad.methods.states import DirectPredictor
 from siamgrad.core.gradient import l2n, surrogate_loss
 from siamgrad.core.objectives import asymmetric as asym
 
@@ -111,7 +112,7 @@ def test_directpred_predictor_clamps_and_ignores_negative_eigenvalues() -> None:
 
 def test_directpred_predictor_f_hat_ema_and_reset_frequency() -> None:
     rng = np.random.default_rng(5)
-    pred = asym.DirectPredictor(5, rho=0.3, eps=0.01, freq=2).double()
+    pred = DirectPredictor(5, rho=0.3, eps=0.01, freq=2).double()
     F_expected = None
     W_expected = np.eye(5)
     for step in range(5):

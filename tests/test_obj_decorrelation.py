@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from siamgrad.methods import registry as methods
+from siamgrad import methods
 from siamgrad.core.gradient import l2n, surrogate_loss
 from siamgrad.core.objectives import decorrelation as dec
 

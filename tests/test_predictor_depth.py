@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from siamgrad.methods import registry as methods
+from siamgrad import methods
 from siamgrad.errors import ConfigError
 
 

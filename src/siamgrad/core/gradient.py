@@ -19,8 +19,9 @@ which autograd then carries back through the l2-normalization ``u = z/||z||`` (p
 the tangent space, ``(I - u u^T) g / ||z||``) and the network.
 
 This module holds the pieces every family shares: :func:`surrogate_loss`, :func:`unified_gradient`,
-l2-normalization, float32 islands under autocast, view pairs, and :class:`CorrelationEMA` (the
-moving-average correlation matrix ``F`` of UniGrad and DirectPred).
+l2-normalization, float32 islands under autocast, view pairs and the batch correlation matrix.
+The moving average of ``F`` that UniGrad and DirectPred keep is method state
+(:mod:`siamgrad.methods.states`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from siamgrad import distributed as D
 
@@ -47,7 +48,6 @@ __all__ = [
     "ordered_pairs",
     "unordered_pairs",
     "batch_correlation",
-    "CorrelationEMA",
 ]
 
 
@@ -133,26 +133,3 @@ def batch_correlation(features: list[Tensor]) -> Tensor:
     zs = [upcast(z.detach()) for z in features]
     local = sum(z.T @ z for z in zs) / (len(zs) * zs[0].shape[0])
     return D.all_reduce_mean(local)
-
-
-class CorrelationEMA(nn.Module):
-    """Moving average of a correlation matrix: ``F <- rho F + (1 - rho) F_batch``; first update sets ``F = F_batch``.
-
-    ``F`` and the update counter are buffers, so ``state_dict()`` round-trips them.
-    """
-
-    def __init__(self, dim: int, rho: float) -> None:
-        super().__init__()
-        self.rho = float(rho)
-        self.register_buffer("F", torch.zeros(dim, dim))
-        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
-
-    @torch.no_grad()
-    def update(self, f_batch: Tensor) -> Tensor:
-        """Fold ``f_batch`` ([D, D]) into the average and return the new ``F``."""
-        f_batch = f_batch.detach().to(self.F.dtype)
-        # torch.where instead of a python branch: no host-device sync on the update counter.
-        averaged = self.rho * self.F + (1.0 - self.rho) * f_batch
-        self.F.copy_(torch.where(self.updates == 0, f_batch, averaged))
-        self.updates += 1
-        return self.F

@@ -10,7 +10,7 @@ from siamgrad.checkpoint import config_for_checkpoint, load_checkpoint
 from siamgrad.data.datasets import load_dataset
 from siamgrad.diagnostics.monitor import method_gradient_table
 from siamgrad.errors import CheckpointError
-from siamgrad.methods.build import build_method
+from siamgrad.methods.from_config import build_method
 
 
 def gradient_table_for_checkpoint(checkpoint: str, settings: list[str] | None = None,

@@ -39,9 +39,9 @@ import torch
 from torch import Tensor
 
 from siamgrad.errors import ConfigError, SiamgradError
-from siamgrad.core.gradient import CorrelationEMA, batch_correlation, float32, l2n
-from siamgrad.core.objectives.asymmetric import DirectPredictor, directpred_weight
-from siamgrad.core.objectives.contrastive import FeatureQueue
+from siamgrad.core.gradient import batch_correlation, float32, l2n
+from siamgrad.core.objectives.asymmetric import directpred_weight
+from siamgrad.methods.protocol import Branches, unwrap
 
 __all__ = [
     "correlation_spectrum",
@@ -404,21 +404,15 @@ def _fresh_state(spec, params: dict[str, Any], dim: int, form: str, F: Tensor | 
     """The method's state for one evaluation, built by its own ``make_state`` and pinned to the given F / queue."""
     with torch.random.fork_rng(devices=[]):  # a queue's random init must not move the caller's RNG
         st = spec.make_state({**params, "queue_size": 1} if "queue_size" in params else params, dim, form)
-    ema = st.ema if isinstance(st, DirectPredictor) else st if isinstance(st, CorrelationEMA) else None
-    if ema is not None and F is not None:
-        # rho = 1 and a non-zero update count: every update returns F unchanged
-        ema.F = F.detach().to(default_queue.dtype).clone()
-        ema.updates.fill_(1)
-        ema.rho = 1.0
-    if isinstance(st, FeatureQueue):
-        st.queue = l2n((queue if queue is not None else default_queue).detach().to(default_queue.dtype)).clone()
-    return st
+    if st is None:
+        return None
+    dtype = default_queue.dtype
+    return st.pin(F=None if F is None else F.detach().to(dtype),
+                  queue=(queue if queue is not None else default_queue).detach().to(dtype))
 
 
 def _branches(target: str, z1: Tensor, z2: Tensor, z1_target: Tensor, z2_online: Tensor):
-    """Two-view :class:`siamgrad.methods.registry.Branches` for ``target`` (``z1`` carries the gradient)."""
-    from siamgrad.methods.registry import Branches
-
+    """Two-view :class:`siamgrad.methods.protocol.Branches` for ``target`` (``z1`` carries the gradient)."""
     online = [z1, z2_online]
     if target == "none":
         positive = negative = online
@@ -539,7 +533,7 @@ def _decompose(spec, method: str, x1: Tensor, t1: Tensor, t2: Tensor, o2: Tensor
         else:
             b.predicted = [predictor(z) for z in b.online]
     state = _fresh_state(spec, p_true, dim, "original", Fx, queue, default_queue)
-    loss_true, _ = spec.original(b, p_true, state)
+    loss_true, _ = spec.evaluate("original", b, p_true, state)
     g_true = _grad_wrt(loss_true, x1)
 
     # --- the unified form, and its positive / negative parts
@@ -549,7 +543,7 @@ def _decompose(spec, method: str, x1: Tensor, t1: Tensor, t2: Tensor, o2: Tensor
         params = {**p_uni, "lam": lam}
         bb = _branches(target_uni, x1, t2, t1, o2)
         st = _fresh_state(spec, params, dim, "gradient", Fx, queue, default_queue)
-        loss, logs = spec.gradient(bb, params, st)
+        loss, logs = spec.evaluate("gradient", bb, params, st)
         return _grad_wrt(loss, x1), logs
 
     g_uni, _ = form_grad(p_uni["lam"])
@@ -670,8 +664,8 @@ def _left_untouched(m: torch.nn.Module) -> Iterator[None]:
 
 
 def _unwrap(method: torch.nn.Module, views: Any, who: str) -> torch.nn.Module:
-    m = getattr(method, "module", method)  # DistributedDataParallel and similar wrappers
-    if not hasattr(m, "branches") or not hasattr(m, "spec"):
+    m = unwrap(method)  # DistributedDataParallel and similar wrappers
+    if not all(hasattr(m, k) for k in ("branches", "state_diagnostics", "name", "target", "options")):
         raise SiamgradError(f"{who} needs a method built by siamgrad.methods.build")
     if not isinstance(views, (list, tuple)) or len(views) < 2:
         raise SiamgradError(f"{who} needs a list of at least 2 view batches [N, C, H, W]")
@@ -703,16 +697,8 @@ def method_diagnostics(method: torch.nn.Module, views: list[Tensor], *, gradient
             b = m.branches(list(views[:2]))
             z1, z2o = b.online[0].detach().float(), b.online[1].detach().float()
             t1, t2 = b.positive[0].detach().float(), b.positive[1].detach().float()
-        st = m.state
-        F = predictor_w = queue = None
-        if isinstance(st, DirectPredictor):
-            if int(st.ema.updates) > 0:
-                F, predictor_w = st.F_hat, st.weight
-        elif isinstance(st, CorrelationEMA):
-            if int(st.updates) > 0:
-                F = st.F
-        elif isinstance(st, FeatureQueue):
-            queue = st.queue
+        st = m.state_diagnostics()
+        F, predictor_w, queue = st.get("F"), st.get("predictor"), st.get("queue")
         rec = diag_record(z1, z2o, spectrum=spectrum, predictor=predictor_w, correlation=F)
         if gradients:
             rec.update(grad_record(m.name, z1, t2, target=m.target, z1_target=t1, z2_online=z2o, F=F, queue=queue,

@@ -385,22 +385,11 @@ def setting_value(cfg: Any, key: str) -> Any:
     return obj
 
 
-# options of the trained-predictor methods that act in one form only: the F estimate (rho, eps) of
-# BYOL/SimSiam exists in the gradient form, their trained predictor in the original form
-_GRADIENT_ONLY = {"byol": {"rho", "eps"}, "simsiam": {"rho", "eps"}}
-_ORIGINAL_ONLY = {"byol": {"pred_layers", "pred_hidden_dim"}, "simsiam": {"pred_layers", "pred_hidden_dim"},
-                  "barlow_twins": {"lambd", "l2", "width_scaled"},
-                  "vicreg": {"sim_weight", "var_weight", "cov_weight", "width_scaled"}}
-
-
 def _acts(method: str, option: str, form: str) -> bool:
     """Whether ``option`` of ``method`` has an effect in ``form`` (a blank table cell otherwise)."""
     from siamgrad.methods.registry import REGISTRY
 
-    if form == "original":
-        doc = REGISTRY[method].options[option].doc
-        return not doc.startswith("gradient form") and option not in _GRADIENT_ONLY.get(method, ())
-    return option not in _ORIGINAL_ONLY.get(method, ())
+    return REGISTRY[method].options[option].acts_in(form)
 
 
 def _cpu_seconds() -> float:

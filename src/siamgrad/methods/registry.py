@@ -54,381 +54,103 @@ coefficient) for momentum targets.
 
 from __future__ import annotations
 
-import copy
-import math
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
-from siamgrad.errors import ConfigError, SiamgradError
-from siamgrad.core.gradient import (
-    CorrelationEMA,
-    UnifiedGradient,
-    batch_correlation,
-    float32,
-    gradient_form_loss,
-    l2n,
-    ordered_pairs,
-    upcast,
-)
-from siamgrad.models.heads import HeadSpec, mlp
-from siamgrad.core.objectives import asymmetric as asym
-from siamgrad.core.objectives import contrastive as con
+from siamgrad.core.gradient import UnifiedGradient
 from siamgrad.core.objectives import decorrelation as dec
-from siamgrad.core.objectives import unigrad as uni
+from siamgrad.errors import ConfigError
+from siamgrad.methods import objectives as obj
+from siamgrad.methods.options import (
+    FORMS,
+    TARGETS,
+    Option,
+    positive_float,
+    positive_int,
+    unit_interval,
+)
+from siamgrad.methods.protocol import MethodState
+from siamgrad.methods.siamese import SiameseMethod
+from siamgrad.methods.spec import MethodSpec
+from siamgrad.methods.states import CorrelationEMA, DirectPredictor, FeatureQueue
+from siamgrad.models.heads import HeadSpec
 
 __all__ = [
-    "Branches",
-    "Option",
-    "MethodSpec",
-    "SiameseMethod",
     "REGISTRY",
     "available",
     "default_options",
+    "resolve_options",
     "build",
     "describe",
     "format_table",
 ]
 
-FORMS = ("original", "gradient")
-TARGETS = ("auto", "none", "stopgrad", "momentum", "momentum_positive")
-MOMENTUM_TARGETS = ("momentum", "momentum_positive")
-
 
 # --------------------------------------------------------------------------------------------
-# Options
-
-
-@dataclass(frozen=True)
-class Option:
-    """One validated method option: ``kind`` is ``choice``, ``int``, ``float``, ``bool`` or ``float_or_auto``.
-
-    Numeric bounds are inclusive unless ``low_open``/``high_open``.
-    """
-
-    default: Any
-    kind: str
-    doc: str = ""
-    choices: tuple[Any, ...] = ()
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def expected(self) -> str:
-        if self.kind == "choice":
-            return "one of " + ", ".join(str(c) for c in self.choices)
-        if self.kind == "bool":
-            return "true or false"
-        lo = "" if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
-        hi = "" if self.high is None else f"{'<' if self.high_open else '<='} {self.high:g}"
-        rng = " and ".join(x for x in (lo, hi) if x)
-        base = {"int": "an integer", "float": "a number", "float_or_auto": "'auto' or a number"}[self.kind]
-        return f"{base} {rng}".strip()
-
-    def validate(self, method: str, name: str, value: Any) -> Any:
-        """Return the normalized value or raise a one-line :class:`ConfigError`."""
-
-        def bad() -> ConfigError:
-            return ConfigError(f"method.{name}={value!r} is invalid for {method}: expected {self.expected()}")
-
-        if self.kind == "choice":
-            if value not in self.choices:
-                raise bad()
-            return value
-        if self.kind == "bool":
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "false"):
-                return value.lower() == "true"
-            raise bad()
-        if self.kind == "float_or_auto" and value == "auto":
-            return "auto"
-        if isinstance(value, bool):
-            raise bad()
-        if isinstance(value, str):
-            try:
-                value = float(value) if self.kind != "int" else int(value)
-            except ValueError:
-                raise bad() from None
-        if self.kind == "int":
-            if isinstance(value, float) and value.is_integer():
-                value = int(value)
-            if not isinstance(value, int):
-                raise bad()
-        elif not isinstance(value, (int, float)):
-            raise bad()
-        else:
-            value = float(value)
-        if not math.isfinite(value):
-            raise bad()
-        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
-            raise bad()
-        if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
-            raise bad()
-        return value
+# Options shared by several methods
 
 
 # predictor depth of the trained-predictor methods: 2 (the papers' MLP), 1 (a trained linear
 # predictor, DirectPred's comparison) or 0 (no predictor: the collapse demonstration of SimSiam)
-_PRED_LAYERS = Option(2, "int", "predictor layers: 2 = MLP, 1 = linear, 0 = none (identity)", low=0, high=3)
-
-
-def _pos_int(default: int, doc: str) -> Option:
-    return Option(default, "int", doc, low=1)
-
-
-def _pos_float(default: float, doc: str) -> Option:
-    return Option(default, "float", doc, low=0.0, low_open=True)
-
-
-def _unit(default: float, doc: str) -> Option:
-    return Option(default, "float", doc, low=0.0, high=1.0, high_open=True)
+_PRED_LAYERS = Option(2, "int", "predictor layers: 2 = MLP, 1 = linear, 0 = none (identity)", low=0, high=3,
+                      forms=("original",))
 
 
 def _common(hidden: int, out: int, layers: int, momentum: float) -> dict[str, Option]:
     return {
         "form": Option("original", "choice", "original loss or unified-gradient form", FORMS),
         "target": Option("auto", "choice", "target branch (UniGrad Table 2)", TARGETS),
-        "momentum": _unit(momentum, "base EMA coefficient m0 of the momentum encoder"),
-        "proj_hidden_dim": _pos_int(hidden, "projector hidden width"),
-        "proj_output_dim": _pos_int(out, "projector output width"),
-        "proj_layers": _pos_int(layers, "number of linear layers in the projector"),
+        "momentum": unit_interval(momentum, "base EMA coefficient m0 of the momentum encoder"),
+        "proj_hidden_dim": positive_int(hidden, "projector hidden width"),
+        "proj_output_dim": positive_int(out, "projector output width"),
+        "proj_layers": positive_int(layers, "number of linear layers in the projector"),
     }
+
+
+def _trained_predictor_gradient_options(rho: float, eps: float) -> dict[str, Option]:
+    """BYOL/SimSiam: ``F`` (rho, eps) exists in their gradient form only; the original trains a predictor."""
+    opts = _asym_gradient_options(rho, eps)
+    return {**opts, "rho": opts["rho"].only_in("gradient"), "eps": opts["eps"].only_in("gradient")}
 
 
 def _asym_gradient_options(rho: float, eps: float) -> dict[str, Option]:
     return {
-        "lam": Option("auto", "float_or_auto", "gradient form: balance lambda ('auto' = DirectPred's per-sample value)", low=0.0),
-        "rho": _unit(rho, "EMA coefficient of the correlation matrix F"),
+        "lam": Option("auto", "float_or_auto", "gradient form: balance lambda ('auto' = DirectPred's per-sample value)",
+                      low=0.0, forms=("gradient",)),
+        "rho": unit_interval(rho, "EMA coefficient of the correlation matrix F"),
         "eps": Option(eps, "float", "eps added to the predictor eigenvalues", low=0.0),
         "positive_predictor": Option(
-            "directpred", "choice", "gradient form: W_p or identity in the positive term", ("directpred", "identity")
+            "directpred", "choice", "gradient form: W_p or identity in the positive term", ("directpred", "identity"),
+            forms=("gradient",),
         ),
     }
-
-
-# --------------------------------------------------------------------------------------------
-# Branches and objectives
-
-
-@dataclass
-class Branches:
-    """Per-view float32 features handed to an objective (lists of [n, D], one per view).
-
-    ``online``: projector outputs (graph attached); ``predicted``: trained-predictor outputs
-    (``online`` when the method has none); ``positive``: source of ``u2^m``; ``negative``: source of
-    negatives / F. With ``target="none"`` positive and negative are the online features themselves.
-    """
-
-    online: list[Tensor]
-    predicted: list[Tensor]
-    positive: list[Tensor]
-    negative: list[Tensor]
-
-
-Logs = dict[str, Tensor]
-Objective = Callable[[Branches, dict[str, Any], Any], tuple[Tensor, Logs]]
-
-
-def _pair_mean(values: list[Tensor]) -> Tensor:
-    return torch.stack(values).mean()
-
-
-def _surrogate_over_pairs(b: Branches, grad: Callable[[int, int], tuple[Tensor, Tensor]]) -> Tensor:
-    """Mean over ordered pairs (a, c) of the surrogate ``mean_i <g_ac,i, l2n(online_a)_i>``.
-
-    ``grad(a, c)`` returns ``(g, potential)``; the loss value is the mean potential (see
-    :func:`siamgrad.core.gradient.gradient_form_loss`), its gradient ``g / N`` per pair.
-    """
-    terms = []
-    for a, c in ordered_pairs(len(b.online)):
-        g, value = grad(a, c)
-        terms.append(gradient_form_loss(l2n(b.online[a]), g, value))
-    return _pair_mean(terms)
-
-
-# -- contrastive
-
-
-def _simclr_original(b: Branches, o: dict, st: Any) -> tuple[Tensor, Logs]:
-    tau = o["temperature"]
-    loss = _pair_mean(
-        [
-            con.batch_contrastive_loss(b.online[a], b.positive[c], [b.negative[a], b.negative[c]], tau)
-            for a, c in ordered_pairs(len(b.online))
-        ]
-    )
-    return loss, {}
-
-
-def _simclr_gradient(b: Branches, o: dict, st: Any) -> tuple[Tensor, Logs]:
-    tau, lam = o["temperature"], o["lam"]
-    loss = _surrogate_over_pairs(
-        b,
-        lambda a, c: con.batch_contrastive_gradient(
-            b.online[a], b.positive[c], [b.negative[a], b.negative[c]], tau, lam, with_value=True
-        ),
-    )
-    return loss, {"lambda": torch.tensor(lam)}
-
-
-def _moco_original(b: Branches, o: dict, st: con.FeatureQueue) -> tuple[Tensor, Logs]:
-    tau = o["temperature"]
-    loss = _pair_mean(
-        [con.queue_contrastive_loss(b.online[a], b.positive[c], st.queue, tau) for a, c in ordered_pairs(len(b.online))]
-    )
-    st.stash(b.negative[0])
-    return loss, {}
-
-
-def _moco_gradient(b: Branches, o: dict, st: con.FeatureQueue) -> tuple[Tensor, Logs]:
-    tau, lam = o["temperature"], o["lam"]
-    loss = _surrogate_over_pairs(
-        b, lambda a, c: con.queue_contrastive_gradient(b.online[a], b.positive[c], st.queue, tau, lam, with_value=True)
-    )
-    st.stash(b.negative[0])
-    return loss, {"lambda": torch.tensor(lam)}
-
-
-# -- asymmetric
-
-
-def _byol_original(b: Branches, o: dict, st: Any) -> tuple[Tensor, Logs]:
-    pairs = ordered_pairs(len(b.online))
-    return 2.0 * _pair_mean([asym.byol_loss(b.predicted[a], b.positive[c]) for a, c in pairs]), {}
-
-
-def _simsiam_original(b: Branches, o: dict, st: Any) -> tuple[Tensor, Logs]:
-    pairs = ordered_pairs(len(b.online))
-    return _pair_mean([asym.simsiam_loss(b.predicted[a], b.positive[c]) for a, c in pairs]), {}
-
-
-def _directpred_original(b: Branches, o: dict, st: asym.DirectPredictor) -> tuple[Tensor, Logs]:
-    st.update([z.detach() for z in b.online])
-    predicted = [st(z) for z in b.online]
-    pairs = ordered_pairs(len(b.online))
-    return 2.0 * _pair_mean([asym.byol_loss(predicted[a], b.positive[c]) for a, c in pairs]), {}
-
-
-def _asymmetric_gradient(b: Branches, o: dict, st: CorrelationEMA) -> tuple[Tensor, Logs]:
-    F = st.update(batch_correlation([l2n(v.detach()) for v in b.negative]))
-    Wp, Ft = asym.precondition(F, o["eps"], o.get("clamp", 1e-4))
-    lam = None if o["lam"] == "auto" else o["lam"]
-    identity = o["positive_predictor"] == "identity"
-    lams: list[Tensor] = []
-
-    def grad(a: int, c: int) -> tuple[Tensor, Tensor]:
-        g, lam_i, value = asym.asymmetric_gradient(b.online[a], b.positive[c], Wp, Ft, lam, identity, with_value=True)
-        lams.append(lam_i.mean())
-        return g, value
-
-    loss = _surrogate_over_pairs(b, grad)
-    return loss, {"lambda": torch.stack(lams).mean()}
-
-
-# -- decorrelation
-
-
-def _barlow_original(b: Branches, o: dict, st: Any) -> tuple[Tensor, Logs]:
-    l2 = o["l2"] or o["width_scaled"]
-    if len(b.online) == 2:
-        on, off = dec.barlow_twins_terms(b.online[0], b.online[1], l2=l2)
-    else:
-        on, off = dec.barlow_twins_multiview_terms(b.online, l2=l2)
-    return on + o["lambd_effective"] * off, {"loss_on_diag": on.detach(), "loss_off_diag": off.detach()}
-
-
-def _barlow_gradient(b: Branches, o: dict, st: Any) -> tuple[Tensor, Logs]:
-    lam = o["lam"]
-    loss = _surrogate_over_pairs(
-        b, lambda a, c: dec.barlow_twins_gradient(b.online[a], b.positive[c], b.negative[c], lam, with_value=True)
-    )
-    return loss, {"lambda": torch.tensor(lam)}
-
-
-def _vicreg_original(b: Branches, o: dict, st: Any) -> tuple[Tensor, Logs]:
-    inv, var, cov = dec.vicreg_terms(b.online)
-    loss = o["sim_weight"] * inv + o["var_weight"] * var + o["cov_weight_effective"] * cov
-    return loss, {"loss_invariance": inv.detach(), "loss_variance": var.detach(), "loss_covariance": cov.detach()}
-
-
-def _vicreg_gradient(b: Branches, o: dict, st: Any) -> tuple[Tensor, Logs]:
-    lam = o["lam"]
-    loss = _surrogate_over_pairs(b, lambda a, c: dec.vicreg_gradient(b.online[a], b.positive[c], lam, with_value=True))
-    return loss, {"lambda": torch.tensor(lam)}
-
-
-# -- unigrad
-
-
-def _unigrad_F(b: Branches, st: CorrelationEMA) -> Tensor:
-    return st.update(batch_correlation([l2n(v.detach()) for v in b.negative]))
-
-
-def _unigrad_original(b: Branches, o: dict, st: CorrelationEMA) -> tuple[Tensor, Logs]:
-    F = _unigrad_F(b, st)
-    pairs = ordered_pairs(len(b.online))
-    loss = _pair_mean([uni.unigrad_loss(b.online[a], b.positive[c], F, o["lam"]) for a, c in pairs])
-    return loss, {"lambda": torch.tensor(o["lam"])}
-
-
-def _unigrad_gradient(b: Branches, o: dict, st: CorrelationEMA) -> tuple[Tensor, Logs]:
-    F = _unigrad_F(b, st)
-    loss = _surrogate_over_pairs(
-        b, lambda a, c: uni.unigrad_gradient(b.online[a], b.positive[c], F, o["lam"], with_value=True)
-    )
-    return loss, {"lambda": torch.tensor(o["lam"])}
 
 
 # --------------------------------------------------------------------------------------------
 # State builders: (resolved options, projector output dim, form) -> module holding buffers or None
 
 
-def _no_state(o: dict, dim: int, form: str) -> nn.Module | None:
-    return None
+def _queue_state(o: dict, dim: int, form: str) -> MethodState:
+    return FeatureQueue(o["queue_size"], dim)
 
 
-def _queue_state(o: dict, dim: int, form: str) -> nn.Module:
-    return con.FeatureQueue(o["queue_size"], dim)
-
-
-def _asym_state(o: dict, dim: int, form: str) -> nn.Module | None:
+def _asym_state(o: dict, dim: int, form: str) -> MethodState | None:
     return CorrelationEMA(dim, o["rho"]) if form == "gradient" else None
 
 
-def _directpred_state(o: dict, dim: int, form: str) -> nn.Module:
+def _directpred_state(o: dict, dim: int, form: str) -> MethodState:
     if form == "gradient":
         return CorrelationEMA(dim, o["rho"])
-    return asym.DirectPredictor(dim, o["rho"], o["eps"], o["freq"], o["clamp"])
+    return DirectPredictor(dim, o["rho"], o["eps"], o["freq"], o["clamp"])
 
 
-def _ema_state(o: dict, dim: int, form: str) -> nn.Module:
+def _ema_state(o: dict, dim: int, form: str) -> MethodState:
     return CorrelationEMA(dim, o["rho"])
 
 
 # --------------------------------------------------------------------------------------------
 # Registry
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """Everything that makes a method: objectives, target branches, heads, options and its unified form."""
-
-    name: str
-    family: str
-    paper: str
-    options: dict[str, Option]
-    targets: dict[str, tuple[str, ...]]
-    projector: HeadSpec
-    original: Objective
-    gradient: Objective
-    unified: UnifiedGradient
-    predictor: HeadSpec | None = None
-    make_state: Callable[[dict, int, str], nn.Module | None] = _no_state
-    derived: Callable[[dict], dict] = field(default=lambda o: {})
 
 
 _ALL_TARGETS = ("stopgrad", "momentum", "momentum_positive")
@@ -462,13 +184,13 @@ REGISTRY: dict[str, MethodSpec] = {
             paper="Chen et al. 2020 (arXiv 2002.05709)",
             options={
                 **_common(2048, 128, 2, 0.996),
-                "temperature": _pos_float(0.1, "InfoNCE temperature tau (0.1 ImageNet, 0.2 CIFAR)"),
-                "lam": _pos_float(1.0, "gradient form: balance lambda"),
+                "temperature": positive_float(0.1, "InfoNCE temperature tau (0.1 ImageNet, 0.2 CIFAR)"),
+                "lam": positive_float(1.0, "gradient form: balance lambda").only_in("gradient"),
             },
             targets={"original": ("none",) + _ALL_TARGETS, "gradient": _ALL_TARGETS},
             projector=HeadSpec(hidden_bn=True),
-            original=_simclr_original,
-            gradient=_simclr_gradient,
+            original=obj.simclr_original,
+            gradient=obj.simclr_gradient,
             unified=UnifiedGradient(
                 "contrastive", "-u2^m", "all 2N features of the batch (both views)", "softmax_v(u1.v/tau)", "1", "1/tau"
             ),
@@ -479,14 +201,14 @@ REGISTRY: dict[str, MethodSpec] = {
             paper="He et al. 2020; Chen et al. 2020 (MoCo v2, arXiv 2003.04297)",
             options={
                 **_common(2048, 128, 2, 0.99),
-                "temperature": _pos_float(0.2, "InfoNCE temperature tau"),
-                "queue_size": _pos_int(65536, "number of negative keys in the queue"),
-                "lam": _pos_float(1.0, "gradient form: balance lambda"),
+                "temperature": positive_float(0.2, "InfoNCE temperature tau"),
+                "queue_size": positive_int(65536, "number of negative keys in the queue"),
+                "lam": positive_float(1.0, "gradient form: balance lambda").only_in("gradient"),
             },
             targets={"original": ("momentum", "stopgrad", "momentum_positive"), "gradient": ("momentum", "stopgrad", "momentum_positive")},
             projector=HeadSpec(hidden_bn=False),
-            original=_moco_original,
-            gradient=_moco_gradient,
+            original=obj.moco_original,
+            gradient=obj.moco_gradient,
             make_state=_queue_state,
             unified=UnifiedGradient(
                 "contrastive", "-u2^m", "u2^m and the queue of past keys", "softmax_v(u1.v/tau)", "1", "1/tau"
@@ -498,15 +220,15 @@ REGISTRY: dict[str, MethodSpec] = {
             paper="Grill et al. 2020 (arXiv 2006.07733)",
             options={
                 **_common(4096, 256, 2, 0.996),
-                "pred_hidden_dim": _pos_int(4096, "predictor hidden width"),
+                "pred_hidden_dim": positive_int(4096, "predictor hidden width").only_in("original"),
                 "pred_layers": _PRED_LAYERS,
-                **_asym_gradient_options(0.99, 0.3),
+                **_trained_predictor_gradient_options(0.99, 0.3),
             },
             targets={"original": ("momentum", "stopgrad"), "gradient": ("momentum", "stopgrad", "momentum_positive")},
             projector=HeadSpec(hidden_bn=True),
             predictor=HeadSpec(hidden_bn=True),
-            original=_byol_original,
-            gradient=_asymmetric_gradient,
+            original=obj.byol_original,
+            gradient=obj.asymmetric_gradient,
             make_state=_asym_state,
             unified=UnifiedGradient(
                 negatives="target features averaged into F (EMA, rho 0.99)", lam="adaptive per sample", **_ASYM_UNIFIED
@@ -518,15 +240,15 @@ REGISTRY: dict[str, MethodSpec] = {
             paper="Chen & He 2021 (arXiv 2011.10566)",
             options={
                 **_common(2048, 2048, 3, 0.996),
-                "pred_hidden_dim": _pos_int(512, "predictor bottleneck width"),
+                "pred_hidden_dim": positive_int(512, "predictor bottleneck width").only_in("original"),
                 "pred_layers": _PRED_LAYERS,
-                **_asym_gradient_options(0.99, 0.3),
+                **_trained_predictor_gradient_options(0.99, 0.3),
             },
             targets={"original": ("stopgrad", "momentum"), "gradient": ("stopgrad", "momentum", "momentum_positive")},
             projector=HeadSpec(hidden_bn=True, last_bn=True, last_bn_affine=False),
             predictor=HeadSpec(hidden_bn=True),
-            original=_simsiam_original,
-            gradient=_asymmetric_gradient,
+            original=obj.simsiam_original,
+            gradient=obj.asymmetric_gradient,
             make_state=_asym_state,
             unified=UnifiedGradient(
                 negatives="stop-gradient features averaged into F (EMA, rho 0.99)", lam="adaptive per sample", **_ASYM_UNIFIED
@@ -539,13 +261,13 @@ REGISTRY: dict[str, MethodSpec] = {
             options={
                 **_common(4096, 256, 2, 0.996),
                 **_asym_gradient_options(0.3, 0.01),
-                "freq": _pos_int(1, "reset the predictor from F_hat every freq steps"),
-                "clamp": _pos_float(1e-4, "lower clamp of the predictor eigenvalues"),
+                "freq": positive_int(1, "reset the predictor from F_hat every freq steps").only_in("original"),
+                "clamp": positive_float(1e-4, "lower clamp of the predictor eigenvalues"),
             },
             targets={"original": ("momentum", "stopgrad"), "gradient": ("momentum", "stopgrad", "momentum_positive")},
             projector=HeadSpec(hidden_bn=True),
-            original=_directpred_original,
-            gradient=_asymmetric_gradient,
+            original=obj.directpred_original,
+            gradient=obj.asymmetric_gradient,
             make_state=_directpred_state,
             unified=UnifiedGradient(
                 negatives="features averaged into F_hat (EMA, rho 0.3)", lam="adaptive per sample", **_ASYM_UNIFIED
@@ -557,17 +279,19 @@ REGISTRY: dict[str, MethodSpec] = {
             paper="Zbontar et al. 2021 (arXiv 2103.03230); small projectors/many views: arXiv 2312.10725",
             options={
                 **_common(8192, 8192, 3, 0.996),
-                "lambd": _pos_float(0.0051, "off-diagonal weight of the cross-correlation loss"),
+                "lambd": positive_float(0.0051, "off-diagonal weight of the cross-correlation loss").only_in("original"),
                 "width_scaled": Option(
-                    False, "bool", "l2-normalize before standardizing and use lambda(d) of arXiv 2312.10725 (overrides lambd)"
+                    False, "bool", "l2-normalize before standardizing and use lambda(d) of arXiv 2312.10725 (overrides lambd)",
+                    forms=("original",),
                 ),
-                "l2": Option(False, "bool", "l2-normalize before standardizing, keeping lambd (width_scaled implies it)"),
-                "lam": _pos_float(50.0, "gradient form: balance lambda"),
+                "l2": Option(False, "bool", "l2-normalize before standardizing, keeping lambd (width_scaled implies it)",
+                             forms=("original",)),
+                "lam": positive_float(50.0, "gradient form: balance lambda").only_in("gradient"),
             },
             targets={"original": ("none",), "gradient": _ALL_TARGETS},
             projector=HeadSpec(hidden_bn=True, hidden_bias=False, last_bias=False),
-            original=_barlow_original,
-            gradient=_barlow_gradient,
+            original=obj.barlow_original,
+            gradient=obj.barlow_gradient,
             derived=_barlow_derived,
             unified=UnifiedGradient(
                 "decorrelation",
@@ -584,18 +308,19 @@ REGISTRY: dict[str, MethodSpec] = {
             paper="Bardes, Ponce & LeCun 2022 (arXiv 2105.04906)",
             options={
                 **_common(8192, 8192, 3, 0.996),
-                "sim_weight": Option(25.0, "float", "invariance weight", low=0.0),
-                "var_weight": Option(25.0, "float", "variance weight", low=0.0),
-                "cov_weight": Option(1.0, "float", "covariance (off-diagonal) weight", low=0.0),
+                "sim_weight": Option(25.0, "float", "invariance weight", low=0.0, forms=("original",)),
+                "var_weight": Option(25.0, "float", "variance weight", low=0.0, forms=("original",)),
+                "cov_weight": Option(1.0, "float", "covariance (off-diagonal) weight", low=0.0, forms=("original",)),
                 "width_scaled": Option(
-                    False, "bool", "scale cov_weight by lambda(d)/lambda(8192) of arXiv 2312.10725"
+                    False, "bool", "scale cov_weight by lambda(d)/lambda(8192) of arXiv 2312.10725",
+                    forms=("original",),
                 ),
-                "lam": _pos_float(50.0, "gradient form: balance lambda"),
+                "lam": positive_float(50.0, "gradient form: balance lambda").only_in("gradient"),
             },
             targets={"original": ("none",), "gradient": ("stopgrad", "momentum")},
             projector=HeadSpec(hidden_bn=True),
-            original=_vicreg_original,
-            gradient=_vicreg_gradient,
+            original=obj.vicreg_original,
+            gradient=obj.vicreg_gradient,
             derived=_vicreg_derived,
             unified=UnifiedGradient(
                 "decorrelation",
@@ -612,13 +337,13 @@ REGISTRY: dict[str, MethodSpec] = {
             paper="Tao et al. 2022 (arXiv 2112.05141)",
             options={
                 **_common(2048, 2048, 3, 0.996),
-                "lam": _pos_float(100.0, "balance lambda of the F u1 term"),
-                "rho": _unit(0.99, "EMA coefficient of the correlation matrix F"),
+                "lam": positive_float(100.0, "balance lambda of the F u1 term"),
+                "rho": unit_interval(0.99, "EMA coefficient of the correlation matrix F"),
             },
             targets={"original": ("momentum", "stopgrad", "momentum_positive"), "gradient": ("momentum", "stopgrad", "momentum_positive")},
             projector=HeadSpec(hidden_bn=True, hidden_bias=False),
-            original=_unigrad_original,
-            gradient=_unigrad_gradient,
+            original=obj.unigrad_original,
+            gradient=obj.unigrad_gradient,
             make_state=_ema_state,
             unified=UnifiedGradient(
                 "unigrad", "-u2^m", "target features averaged into F (EMA, rho 0.99)", "(u1.v)/N'", "100", "1"
@@ -664,168 +389,6 @@ def resolve_options(name: str, **options: Any) -> dict[str, Any]:
             f"choose one of: auto, {', '.join(allowed)}"
         )
     return resolved
-
-
-# --------------------------------------------------------------------------------------------
-# The model
-
-
-class SiameseMethod(nn.Module):
-    """Backbone + projector (+ predictor) + target branch + objective of one registered method.
-
-    ``training_step(views)`` returns ``(loss, logs)``; ``on_step_end(step, total_steps)`` updates the
-    momentum encoder (``m = 1 - (1 - m0)(cos(pi step/T) + 1)/2``, ``theta_m <- m theta_m + (1 - m) theta``,
-    buffers copied) and the MoCo queue. All state needed to resume (momentum encoder, queue and
-    pointer, F / F_hat and their counters, the DirectPred predictor) lives in submodules/buffers.
-    """
-
-    def __init__(self, spec: MethodSpec, backbone: nn.Module, feature_dim: int, options: dict[str, Any]) -> None:
-        super().__init__()
-        self.spec = spec
-        self.name = spec.name
-        self.feature_dim = int(feature_dim)
-        self.options = dict(options)
-        self.params = {**self.options, **spec.derived(self.options)}
-        self.form: str = options["form"]
-        self.target: str = options["target"]
-        o = self.options
-        self.backbone = backbone
-        self.projector = mlp(feature_dim, o["proj_hidden_dim"], o["proj_output_dim"], o["proj_layers"], spec.projector)
-        self.predictor: nn.Module | None = None
-        if spec.predictor is not None and self.form == "original":
-            dim = o["proj_output_dim"]
-            layers = o.get("pred_layers", 2)
-            if layers > 0:
-                self.predictor = mlp(dim, o["pred_hidden_dim"], dim, layers, spec.predictor)
-        self.momentum_backbone: nn.Module | None = None
-        self.momentum_projector: nn.Module | None = None
-        if self.target in MOMENTUM_TARGETS:
-            self.momentum_backbone = copy.deepcopy(backbone).requires_grad_(False)
-            self.momentum_projector = copy.deepcopy(self.projector).requires_grad_(False)
-        self.state = spec.make_state(self.params, o["proj_output_dim"], self.form)
-        self.last_features: Tensor | None = None
-        self.last_momentum: float = float(o["momentum"])
-
-    @property
-    def objective(self) -> Objective:
-        return self.spec.original if self.form == "original" else self.spec.gradient
-
-    def extra_repr(self) -> str:
-        return f"method={self.name}, form={self.form}, target={self.target}"
-
-    # -- training
-
-    def _check_views(self, views: Any) -> None:
-        """One-line errors for inputs the backbone would reject deep inside torch."""
-        if not isinstance(views, (list, tuple)) or len(views) < 2 or not all(isinstance(v, Tensor) for v in views):
-            raise SiamgradError("training_step needs a list of at least 2 view batches (tensors [N, C, H, W])")
-        shapes = {tuple(v.shape) for v in views}
-        if len(shapes) != 1:
-            raise SiamgradError(f"all views must have the same shape; got {sorted(shapes)}")
-        v = views[0]
-        if v.dim() != 4:
-            raise SiamgradError(f"views must be image batches [N, C, H, W]; got shape {tuple(v.shape)}")
-        if v.shape[0] < 2:
-            raise SiamgradError("a batch needs at least 2 images per view for batch statistics")
-        if len({t.dtype for t in views}) != 1 or len({t.device for t in views}) != 1:
-            raise SiamgradError("all views must have the same dtype and device")
-        if not v.is_floating_point():
-            raise SiamgradError(
-                f"views must be float tensors (augmented, normalized images), got {v.dtype}; pass uint8 "
-                "images through siamgrad.augment.multiview first (e.g. build_augment('cifar', 32)(images))"
-            )
-        in_channels = next((m.in_channels for m in self.backbone.modules() if isinstance(m, nn.Conv2d)), None)
-        if in_channels is not None and v.shape[1] != in_channels:
-            raise SiamgradError(f"views have {v.shape[1]} channels but the backbone takes {in_channels}; "
-                                f"got shape {tuple(v.shape)}")
-        p = next(self.parameters(), None)
-        if p is not None:
-            if v.device != p.device:
-                raise SiamgradError(f"views are on {v.device} but the model is on {p.device}; move one of them")
-            if v.dtype != p.dtype and not torch.is_autocast_enabled(v.device.type):
-                raise SiamgradError(f"views are {v.dtype} but the model is {p.dtype}; convert the views "
-                                    f"(views = [v.to({p.dtype}) for v in views])")
-
-    def _features(self, x: Tensor) -> Tensor:
-        y = self.backbone(x)
-        if y.ndim != 2 or y.shape[1] != self.feature_dim:
-            raise ConfigError(
-                f"the backbone returned features of shape {tuple(y.shape)} but feature_dim={self.feature_dim}; "
-                "pass the backbone's output width as feature_dim"
-            )
-        return y
-
-    def branches(self, views: list[Tensor]) -> Branches:
-        """One backbone forward over all views; the target branch as chosen by ``target``."""
-        n = views[0].shape[0]
-        x = torch.cat(list(views), dim=0)
-        y = self._features(x)
-        self.last_features = y[:n].detach()
-        z = self.projector(y)
-        p = self.predictor(z) if self.predictor is not None else None
-        zm = None
-        if self.target in MOMENTUM_TARGETS:
-            assert self.momentum_backbone is not None and self.momentum_projector is not None
-            with torch.no_grad():
-                zm = self.momentum_projector(self.momentum_backbone(x))
-        online = list(upcast(z).split(n))
-        predicted = list(upcast(p).split(n)) if p is not None else online
-        if self.target == "none":
-            positive = negative = online
-        elif self.target == "stopgrad":
-            positive = negative = [t.detach() for t in online]
-        else:
-            assert zm is not None
-            positive = list(upcast(zm).split(n))
-            negative = positive if self.target == "momentum" else [t.detach() for t in online]
-        return Branches(online=online, predicted=predicted, positive=positive, negative=negative)
-
-    def training_step(self, views: list[Tensor]) -> tuple[Tensor, dict[str, float]]:
-        """Loss (graph attached) and float logs for a list of M >= 2 augmented batches [N, 3, H, W]."""
-        self._check_views(views)
-        b = self.branches(views)
-        with float32(views[0].device):
-            loss, logs = self.objective(b, self.params, self.state)
-            with torch.no_grad():
-                pairs = ordered_pairs(len(b.online))
-                pos_sim = torch.stack(
-                    [(l2n(b.online[a].detach()) * l2n(b.positive[c].detach())).sum(1).mean() for a, c in pairs]
-                ).mean()
-        logs = {"loss": loss.detach(), **logs, "pos_sim": pos_sim}
-        device = loss.device
-        values = [torch.as_tensor(v).detach().to(device=device, dtype=torch.float32).reshape(()) for v in logs.values()]
-        out = dict(zip(logs, torch.stack(values).tolist()))  # one host-device sync for all logs
-        if self.target in MOMENTUM_TARGETS:
-            out["momentum"] = self.last_momentum
-        return loss, out
-
-    def forward(self, views: list[Tensor]) -> tuple[Tensor, dict[str, float]]:
-        """Same as :meth:`training_step` (so DistributedDataParallel's hooks see a forward call)."""
-        return self.training_step(views)
-
-    def momentum_at(self, step: int, total_steps: int) -> float:
-        """``m = 1 - (1 - m0) (cos(pi step / total_steps) + 1) / 2`` (``m0`` when ``total_steps <= 0``)."""
-        m0 = float(self.options["momentum"])
-        if total_steps <= 0:
-            return m0
-        return 1.0 - (1.0 - m0) * (math.cos(math.pi * min(step, total_steps) / total_steps) + 1.0) / 2.0
-
-    @torch.no_grad()
-    def on_step_end(self, step: int, total_steps: int) -> None:
-        """After ``optimizer.step()``: EMA update of the momentum encoder, queue bookkeeping."""
-        if self.momentum_backbone is not None and self.momentum_projector is not None:
-            m = self.momentum_at(step, total_steps)
-            for online, target in ((self.backbone, self.momentum_backbone), (self.projector, self.momentum_projector)):
-                src = [p.detach() for p in online.parameters()]
-                dst = [p.detach() for p in target.parameters()]
-                if dst:
-                    torch._foreach_mul_(dst, m)
-                    torch._foreach_add_(dst, src, alpha=1.0 - m)
-                for bs, bd in zip(online.buffers(), target.buffers()):
-                    bd.copy_(bs)
-            self.last_momentum = m
-        if isinstance(self.state, con.FeatureQueue):
-            self.state.flush()
 
 
 def build(name: str, backbone: nn.Module, feature_dim: int, **options: Any) -> SiameseMethod:

@@ -42,7 +42,7 @@ from siamgrad.augment.multiview import RaggedImages, build_augment
 from siamgrad.config import Config, dump_yaml, resolve, to_dict
 
 from siamgrad.data.datasets import ImageDataset, load_dataset
-from siamgrad.methods.build import build_method
+from siamgrad.methods.from_config import build_method
 from siamgrad.errors import CheckpointError, ConfigError, TrainingError
 from siamgrad.eval.knn import extract_features, knn_accuracy, raw_pixel_features
 from siamgrad.train.optim import build_optimizer, lr_factor, set_lr

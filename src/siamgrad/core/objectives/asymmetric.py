@@ -27,16 +27,15 @@ is this per-sample value (``lam="auto"``) or a fixed number. ``F~ u1 = sum_v (u1
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from siamgrad.core.gradient import CorrelationEMA, batch_correlation, l2n
+from siamgrad.core.gradient import l2n
 
 __all__ = [
     "byol_loss",
     "simsiam_loss",
     "directpred_weight",
     "precondition",
-    "DirectPredictor",
     "asymmetric_gradient",
 ]
 
@@ -86,36 +85,6 @@ def precondition(F: Tensor, eps: float, clamp: float = 1e-4) -> tuple[Tensor, Te
     p = (s.clamp_min(0) / s_max).sqrt().add(eps).clamp_min(clamp)
     eye = torch.eye(F.shape[0], dtype=F.dtype, device=F.device)
     return (U * p) @ U.T, F.detach() / s_max + eps**2 * eye
-
-
-class DirectPredictor(nn.Module):
-    """The DirectPred linear predictor: ``p = W_p f`` with ``W_p`` set from ``F_hat`` (a buffer).
-
-    Call :meth:`update` once per training step with the online projector outputs of all views
-    before predicting. State (``F_hat``, its update count, ``W_p``, the step count) is in buffers.
-    """
-
-    def __init__(self, dim: int, rho: float = 0.3, eps: float = 0.01, freq: int = 1, clamp: float = 1e-4) -> None:
-        super().__init__()
-        self.eps, self.freq, self.clamp = float(eps), int(freq), float(clamp)
-        self.ema = CorrelationEMA(dim, rho)
-        self.register_buffer("weight", torch.eye(dim))
-        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
-
-    @property
-    def F_hat(self) -> Tensor:
-        return self.ema.F
-
-    @torch.no_grad()
-    def update(self, features: list[Tensor]) -> None:
-        """``F_hat <- rho F_hat + (1 - rho) F_batch``; every ``freq`` steps (from the first) reset ``W_p``."""
-        F = self.ema.update(batch_correlation(features))
-        if self.freq == 1 or int(self.steps) % self.freq == 0:
-            self.weight.copy_(directpred_weight(F, self.eps, self.clamp))
-        self.steps += 1
-
-    def forward(self, f: Tensor) -> Tensor:
-        return f @ self.weight.T.to(f.dtype)
 
 
 @torch.no_grad()

@@ -28,7 +28,6 @@ __all__ = [
     "queue_contrastive_loss",
     "batch_contrastive_gradient",
     "queue_contrastive_gradient",
-    "FeatureQueue",
 ]
 
 
@@ -128,40 +127,3 @@ def queue_contrastive_gradient(
     if not with_value:
         return g
     return g, -(u * t).sum(dim=1) / tau + lam * torch.logsumexp(logits, dim=1)
-
-
-class FeatureQueue(torch.nn.Module):
-    """MoCo's queue of negative keys: a ring buffer [K, D] of l2-normalized features plus a pointer.
-
-    Keys of a step are :meth:`stash`-ed (gathered over processes) while the loss is computed and
-    written by :meth:`flush` after the optimizer step, so the queue a loss used is never modified
-    before its backward. Initialized with random unit vectors (as MoCo). Both the queue and the
-    pointer are buffers (exact resume).
-    """
-
-    def __init__(self, size: int, dim: int) -> None:
-        super().__init__()
-        self.register_buffer("queue", l2n(torch.randn(size, dim)))
-        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
-        self._pending: Tensor | None = None
-
-    @torch.no_grad()
-    def stash(self, keys: Tensor) -> None:
-        """Remember this step's keys ([n, D], normalized here and gathered over processes)."""
-        self._pending = D.all_gather(l2n(keys.detach().float()))
-
-    @torch.no_grad()
-    def flush(self) -> None:
-        """Enqueue the stashed keys (if any)."""
-        if self._pending is not None:
-            self.enqueue(self._pending)
-            self._pending = None
-
-    @torch.no_grad()
-    def enqueue(self, keys: Tensor) -> None:
-        """Write ``keys`` at ``ptr, ptr+1, ...`` (mod K) and advance ``ptr`` by their number (mod K)."""
-        size = self.queue.shape[0]
-        keys = keys.detach().to(self.queue.dtype)[-size:]
-        idx = (self.ptr + torch.arange(keys.shape[0], device=self.queue.device)) % size
-        self.queue[idx] = keys
-        self.ptr.copy_((self.ptr + keys.shape[0]) % size)

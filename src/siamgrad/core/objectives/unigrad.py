@@ -3,7 +3,7 @@ r"""UniGrad (Tao et al., CVPR 2022): positive term plus a correlation-matrix neg
 With ``u1`` the normalized online feature, ``u2^m`` the normalized target feature of the other
 view and ``F`` the moving average of the target features' correlation matrix
 (``F <- rho F + (1 - rho) (1/M) sum_a U_a^T U_a / N``, detached, all-reduced; first step
-``F = F_batch``; see :class:`siamgrad.core.gradient.CorrelationEMA`):
+``F = F_batch``; see :class:`siamgrad.methods.states.CorrelationEMA`):
 
 .. math:: L = \mathbb E\big[-\cos(u_1, u_2^m) + \tfrac\lambda2\, u_1^T F u_1\big], \qquad
           g = \partial L/\partial u_1 \cdot N = -u_2^m + \lambda F u_1
