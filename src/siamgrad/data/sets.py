@@ -148,7 +148,8 @@ def load_eval_sets(data: DataConfig, train_set: ImageDataset | StreamedDataset, 
     Shards and streamed folders: bounded samples decoded at ``size x size`` (shorter side
     resized, center crop): the training set when in memory and labeled; else a class-stratified
     sample of at most ``data.eval_images`` images of it (of the labeled ``train`` split when
-    the training split is unlabeled); the same bound on ``data.test_split``.
+    the training split is unlabeled); the same bound on ``data.test_split``. More unreadable
+    files in them than ``data.max_bad_fraction`` allows raise :class:`DataError`.
 
     ``(None, None)`` when either set is missing or unlabeled.
     """
@@ -175,29 +176,34 @@ def _bounded_eval_sets(data: DataConfig, train_set: ImageDataset | StreamedDatas
                        seed: int) -> tuple[ImageDataset | None, ImageDataset | None]:
     cap = int(data.eval_images)
 
-    def bounded(source: Source) -> ImageDataset | None:
-        if source.labels is None:
+    def labeled(split: str) -> Source | None:
+        try:
+            source = open_source(data.name, data.root, split)
+        except DataError:  # no such split: no kNN
             return None
+        return source if source.labels is not None else None
+
+    def bounded(source: Source) -> ImageDataset:
+        # decoding errors (too many unreadable files) reach the user: they name the fix
         idx = None
         if len(source) > cap:
             idx = stratified_sample(source.labels, len(source), cap / len(source), seed).numpy()
         return load_in_memory(source, idx, size, data.workers, data.max_bad_fraction)
 
-    try:
-        if isinstance(train_set, ImageDataset):
-            train = train_set if train_set.labels is not None else None
-        elif train_set.labels is not None:
-            train = bounded(train_set.source)
-        else:
-            train = None
-        if train is None:
-            train = bounded(open_source(data.name, data.root, "train"))
-        test = bounded(open_source(data.name, data.root, data.test_split))
-    except DataError:
+    if isinstance(train_set, ImageDataset):
+        train_source = None
+        train = train_set if train_set.labels is not None else None
+    else:
+        train_source = train_set.source if train_set.labels is not None else None
+        train = None
+    if train is None and train_source is None:
+        train_source = labeled("train")
+    test_source = labeled(data.test_split)
+    if (train is None and train_source is None) or test_source is None:
         return None, None
-    if train is None or test is None:
-        return None, None
-    return train, test
+    if train is None:
+        train = bounded(train_source)
+    return train, bounded(test_source)
 
 
 def dataset_channel_stats(train_set: ImageDataset | StreamedDataset) -> Stats:

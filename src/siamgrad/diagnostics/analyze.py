@@ -7,7 +7,7 @@ import torch
 
 from siamgrad.augment.multiview import build_augment
 from siamgrad.checkpoint import config_for_checkpoint, load_checkpoint
-from siamgrad.data.datasets import load_dataset
+from siamgrad.data.sets import load_data
 from siamgrad.diagnostics.monitor import method_gradient_table
 from siamgrad.errors import CheckpointError
 from siamgrad.methods.from_config import build_method
@@ -28,10 +28,10 @@ def gradient_table_for_checkpoint(checkpoint: str, settings: list[str] | None = 
         raise CheckpointError(f"the checkpoint '{checkpoint}' does not fit the {cfg.method.get('name')} model its "
                               f"config describes ({first}); analyze a checkpoint written by siamgrad train") from None
     d = cfg.data
-    ds = load_dataset(d.name, d.root, d.train_split, image_size=d.image_size)
-    images = ds.images[: min(batch, len(ds))]
-    aug = build_augment(cfg.augment.preset, int(state.get("image_size") or ds.image_size), 2,
-                        mean=tuple(state["mean"]), std=tuple(state["std"]))
+    # the run's training set in any format (a streamed one: its fixed in-memory sample)
+    data = load_data(d, seed=cfg.seed, size=state.get("image_size"), eval_sets=False)
+    images = data.train.images[: min(batch, len(data.train.images))]
+    aug = build_augment(cfg.augment.preset, data.image_size, 2, mean=tuple(state["mean"]), std=tuple(state["std"]))
     views = aug(images, generator=torch.Generator().manual_seed(cfg.seed))
     head = (f"gradient decomposition on {len(images)} images of {d.name}, features of the "
             f"{cfg.method.get('name')} checkpoint at step {state.get('step')}\n")

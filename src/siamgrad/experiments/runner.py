@@ -410,11 +410,16 @@ def _last_eff_rank(run_dir: Path) -> float | None:
 def full_train_knn(run_dir: Path, step: int) -> float | None:
     """kNN top-1 of the run's final backbone with the whole labeled training split as the bank.
 
-    Features in float32 on the run's device; cached in ``knn_full_train.json`` for ``step``.
+    Features in float32 on the run's device; cached in ``knn_full_train.json`` for ``step``. The
+    sets are :func:`~siamgrad.data.sets.load_data`'s kNN sets with ``data.fraction=1`` (for
+    streamed data its bounded samples).
     """
+    import dataclasses
+
     import torch
 
-    from siamgrad.data.datasets import load_dataset
+    from siamgrad.data.sets import load_data
+    from siamgrad.errors import SiamgradError
     from siamgrad.eval.knn import extract_features, knn_accuracy, load_backbone
 
     cache = run_dir / "knn_full_train.json"
@@ -427,16 +432,15 @@ def full_train_knn(run_dir: Path, step: int) -> float | None:
     from siamgrad.config import from_dict
 
     cfg = from_dict(state["config"])
-    d = cfg.data
+    d = dataclasses.replace(cfg.data, fraction=1.0)  # the whole split, whatever share the run trained on
     try:
-        train = load_dataset(d.name, d.root, "train", image_size=d.image_size)
-        test = load_dataset(d.name, d.root, d.test_split, image_size=d.image_size)
-    except Exception:  # no labeled split to evaluate on: no figure
+        sets = load_data(d, seed=cfg.seed, size=state.get("image_size") or cfg.augment.size)
+    except SiamgradError:  # the data is gone or unreadable: no figure
         return None
-    if train.labels is None or test.labels is None:
+    if sets.knn_train is None or sets.knn_test is None:  # no labeled split to evaluate on: no figure
         return None
+    train, test, size = sets.knn_train, sets.knn_test, sets.image_size
     mean, std = tuple(state["mean"]), tuple(state["std"])
-    size = int(state.get("image_size") or cfg.augment.size or train.image_size)
     ftr = extract_features(backbone, train.images, mean, std, size=size, device=device)
     fte = extract_features(backbone, test.images, mean, std, size=size, device=device)
     acc = knn_accuracy(ftr, train.labels, fte, test.labels, k=cfg.eval.knn_k, temperature=cfg.eval.knn_t,
