@@ -121,3 +121,15 @@ def test_fuzz_command_line_text(text):
         build_config([text])
     except ConfigError as e:
         assert "\n" not in str(e)
+
+
+def test_every_command_checks_method_options_the_same_way(capsys, tmp_path):
+    """`siamgrad config` validates method options as `siamgrad train` does: exit 2, one line."""
+    from siamgrad.cli import main
+
+    for argv in (["config", "method=byol", "method.no_such_option=1"],
+                 ["train", "method=byol", "method.no_such_option=1", f"out_dir={tmp_path}"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "unknown option method.no_such_option for byol" in err
+    assert not any(tmp_path.iterdir())  # train stopped before it wrote anything

@@ -43,8 +43,11 @@ def _cmd_train(args) -> int:
 
 def _cmd_config(args) -> int:
     from siamgrad.config import build_config, dump_yaml, resolve
+    from siamgrad.methods.from_config import method_options
 
-    print(dump_yaml(resolve(build_config(args.settings))), end="")
+    cfg = resolve(build_config(args.settings))
+    method_options(cfg)  # the method's options are checked here as in every other command
+    print(dump_yaml(cfg), end="")
     return 0
 
 
@@ -59,7 +62,7 @@ def _cmd_presets(args) -> int:
 
 
 def _cmd_methods(args) -> int:
-    from siamgrad.methods import registry as methods
+    from siamgrad import methods
 
     print(methods.format_table(methods.describe()))
     return 0
