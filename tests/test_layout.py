@@ -1,9 +1,10 @@
 """The package's import graph has no cycle, imports inside functions included.
 
-``python tests/test_layout.py`` prints the graph: one line per module with the modules it imports.
+``python tests/test_layout.py`` prints the graph between folders (``--modules``: between modules).
 """
 
 import ast
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "siamgrad"
@@ -82,11 +83,27 @@ def test_no_import_cycle():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
+def package_graph(g: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The graph between the package's top-level folders and modules (``siamgrad.train.loop`` -> ``train``)."""
+    top = lambda m: m.split(".")[1] if "." in m else m  # noqa: E731
+    out: dict[str, set[str]] = {}
+    for a, deps in g.items():
+        out.setdefault(top(a), set()).update(top(d) for d in deps if top(d) != top(a))
+    return out
+
+
+def test_folders_import_one_way():
+    """No two folders import each other, even through others: the arrows between capabilities point one way."""
+    cycle = find_cycle(package_graph(graph()))
+    assert cycle is None, "folders import each other: " + " -> ".join(cycle)
+
+
 def test_cycle_finder_finds_a_planted_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
-if __name__ == "__main__":
-    for mod, deps in sorted(graph().items()):
+if __name__ == "__main__":  # the import graph, by folder (--modules: by module)
+    g = graph() if "--modules" in sys.argv else package_graph(graph())
+    for mod, deps in sorted(g.items()):
         print(f"{mod}: {', '.join(sorted(deps)) or '-'}")
