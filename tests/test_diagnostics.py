@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from siamgrad.diagnostics import monitor as dg
+from siamgrad import diagnostics as dg
+from siamgrad.errors import SiamgradError
 
 
 def _rng(seed: int = 0) -> np.random.Generator:
@@ -548,5 +549,5 @@ def test_method_gradient_table_on_a_live_model():
     rows = [line.split() for line in table.splitlines() if line.startswith(("unigrad ", "moco "))]
     assert [r[0] for r in rows] == ["unigrad", "moco"]
     assert all(float(r[8]) == pytest.approx(1.0, abs=1e-4) for r in rows)  # both are exact on any features
-    with pytest.raises(dg.SiamgradError, match="methods.build"):
+    with pytest.raises(SiamgradError, match="methods.build"):
         dg.method_gradient_table(torch.nn.Linear(2, 2), views)

@@ -225,7 +225,7 @@ def collapse_events(run: RunData) -> list[dict[str, Any]]:
         width = next((int(r["diag/width"]) for r in diag if _is_num(r.get("diag/width"))), None)
         if width is None:
             return []
-        from siamgrad.diagnostics.monitor import CollapseDetector
+        from siamgrad.diagnostics.collapse import CollapseDetector
 
         det = CollapseDetector(width)
         for r in diag:
@@ -491,7 +491,7 @@ def plot_rank(run: RunData, path: Path) -> Path | None:
     tx, ty = run.series("diag/spec_top1_frac")
     if not (rx or sx or ax_):
         return None
-    from siamgrad.diagnostics.monitor import CollapseDetector
+    from siamgrad.diagnostics.collapse import CollapseDetector
 
     fig, (a1, a2) = _figure(2, width=5.6)
     if rx:
