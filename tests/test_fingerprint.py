@@ -14,12 +14,20 @@ import torch
 
 from siamgrad.config import build_config
 
+# Each run pins the behaviour its digest was recorded with where a default changed since: joint
+# batch-norm statistics over the views (view_bn), and per method the old MoCo key encoder (no
+# shuffled batch norm, m 0.99 on the cosine schedule), DirectPred's fixed predictor and affine
+# hidden batch norm on the cosine schedule, and VICReg's bias in the projector's last layer.
+_PINNED = ["method.view_bn=joint"]
 RUNS = {
-    "unigrad": [],
-    "moco": ["method=moco", "method.queue_size=256"],
-    "directpred": ["method=directpred"],
-    "vicreg-gradient": ["method=vicreg", "method.form=gradient", "method.target=momentum"],
-    "barlow_twins": ["method=barlow_twins", "augment.n_views=3"],
+    "unigrad": [*_PINNED],
+    "moco": ["method=moco", "method.queue_size=256", *_PINNED, "method.shuffle_bn=false", "method.momentum=0.99",
+             "method.momentum_schedule=cosine"],
+    "directpred": ["method=directpred", *_PINNED, "method.predictor_update=fixed", "method.proj_hidden_bn_affine=true",
+                   "method.momentum_schedule=cosine"],
+    "vicreg-gradient": ["method=vicreg", "method.form=gradient", "method.target=momentum", *_PINNED,
+                        "method.proj_last_bias=true"],
+    "barlow_twins": ["method=barlow_twins", "augment.n_views=3", *_PINNED],
 }
 
 DIGESTS = {

@@ -11,29 +11,9 @@ from siamgrad import methods
 from siamgrad.methods.states import DirectPredictor
 from siamgrad.core.gradient import l2n, surrogate_loss
 from siamgrad.core.objectives import asymmetric as asym
+from conftest import check_close, leaf64, normalize, through_normalization
 
 SIZES = [(4, 3), (7, 5), (16, 8)]
-RTOL = 1e-8
-
-
-def _normalize(z: np.ndarray) -> np.ndarray:
-    return z / np.linalg.norm(z, axis=1, keepdims=True)
-
-
-def _through_normalization(z: np.ndarray, grad_u: np.ndarray) -> np.ndarray:
-    norm = np.linalg.norm(z, axis=1, keepdims=True)
-    u = z / norm
-    return (grad_u - u * np.sum(u * grad_u, axis=1, keepdims=True)) / norm
-
-
-def _close(actual: torch.Tensor, expected: np.ndarray, rtol: float = RTOL) -> None:
-    scale = np.abs(expected).max()
-    assert scale > 0
-    np.testing.assert_allclose(actual.detach().numpy(), expected, rtol=rtol, atol=rtol * scale)
-
-
-def _t(x: np.ndarray, grad: bool = True) -> torch.Tensor:
-    return torch.tensor(x, dtype=torch.float64, requires_grad=grad)
 
 
 def _psd(rng: np.random.Generator, d: int, rank: int | None = None) -> np.ndarray:
@@ -50,19 +30,19 @@ def test_byol_and_simsiam_loss_gradients(n: int, d: int) -> None:
     # z is detached (stop-gradient) and gets no gradient.
     rng = np.random.default_rng(n + d)
     p, z = rng.normal(size=(n, d)), rng.normal(size=(n, d))
-    cos = np.sum(_normalize(p) * _normalize(z), axis=1)
-    tp, tz = _t(p), _t(z)
+    cos = np.sum(normalize(p) * normalize(z), axis=1)
+    tp, tz = leaf64(p), leaf64(z)
     loss = asym.byol_loss(tp, tz)
     loss.backward()
     assert loss.item() == pytest.approx(np.mean(2 - 2 * cos), rel=1e-12)
-    _close(tp.grad, _through_normalization(p, -2 * _normalize(z) / n))
+    check_close(tp.grad, through_normalization(p, -2 * normalize(z) / n))
     assert tz.grad is None
 
-    tp2 = _t(p)
-    loss2 = asym.simsiam_loss(tp2, _t(z))
+    tp2 = leaf64(p)
+    loss2 = asym.simsiam_loss(tp2, leaf64(z))
     loss2.backward()
     assert loss2.item() == pytest.approx(-np.mean(cos), rel=1e-12)
-    _close(tp2.grad, _through_normalization(p, -_normalize(z) / n))
+    check_close(tp2.grad, through_normalization(p, -normalize(z) / n))
 
 
 def test_cosine_losses_hand_computed() -> None:
@@ -133,7 +113,8 @@ def test_directpred_method_f_hat_over_online_projector_outputs() -> None:
     # both views (raw, uncentered), first step = batch F; the loss uses W_p f as the prediction.
     torch.manual_seed(0)
     method = methods.build(
-        "directpred", nn.Sequential(nn.Flatten(), nn.Linear(48, 12)), 12, proj_hidden_dim=16, proj_output_dim=6
+        "directpred", nn.Sequential(nn.Flatten(), nn.Linear(48, 12)), 12, proj_hidden_dim=16, proj_output_dim=6,
+        predictor_update="fixed",  # W_p from this step's F_hat (the trained form: tests/test_fidelity.py)
     ).double()
     opt = torch.optim.SGD(method.parameters(), lr=0.1)
     g = torch.Generator().manual_seed(3)
@@ -150,7 +131,7 @@ def test_directpred_method_f_hat_over_online_projector_outputs() -> None:
         np.testing.assert_allclose(method.state.F_hat.numpy(), F_expected, rtol=1e-10, atol=1e-13)
         W = _predictor_numpy(F_expected, 0.01, 1e-4)[0]
         pred = [z @ W.T for z in online]
-        cos = [np.sum(_normalize(p) * _normalize(t), axis=1) for p, t in zip(pred, target[::-1])]
+        cos = [np.sum(normalize(p) * normalize(t), axis=1) for p, t in zip(pred, target[::-1])]
         assert loss.item() == pytest.approx(np.mean(2 - 2 * cos[0]) + np.mean(2 - 2 * cos[1]), rel=1e-10)
         opt.zero_grad()
         loss.backward()
@@ -166,7 +147,7 @@ def _asym_gradient_numpy(z, t, F, eps, lam, identity):
     smax = s.max()
     Wp = U @ np.diag(np.maximum(np.sqrt(np.maximum(s, 0) / smax) + eps, 1e-4)) @ U.T
     Ft = F / smax + eps**2 * np.eye(F.shape[0])
-    u, ut = _normalize(z), _normalize(t)
+    u, ut = normalize(z), normalize(t)
     wu = u @ Wp.T
     norm = np.linalg.norm(wu, axis=1, keepdims=True)
     pos = ut if identity else ut @ Wp.T
@@ -187,11 +168,11 @@ def test_asymmetric_gradient_form_matches_formula(n: int, d: int, lam, identity:
     Wp, Ft = asym.precondition(torch.tensor(F), eps=0.3)
     g, lam_i = asym.asymmetric_gradient(torch.tensor(z), torch.tensor(t), Wp, Ft, lam, identity)
     expected, lam_expected = _asym_gradient_numpy(z, t, F, 0.3, lam, identity)
-    _close(g, expected)
-    _close(lam_i, lam_expected)
-    tz = _t(z)
+    check_close(g, expected)
+    check_close(lam_i, lam_expected)
+    tz = leaf64(z)
     surrogate_loss(l2n(tz), g).backward()
-    _close(tz.grad, _through_normalization(z, expected / n))
+    check_close(tz.grad, through_normalization(z, expected / n))
 
 
 def test_asymmetric_gradient_form_is_exact_directpred_gradient_without_eps() -> None:
@@ -203,10 +184,10 @@ def test_asymmetric_gradient_form_is_exact_directpred_gradient_without_eps() -> 
     F = _psd(rng, d)
     Wp, Ft = asym.precondition(torch.tensor(F), eps=0.0)
     g, _ = asym.asymmetric_gradient(torch.tensor(z), torch.tensor(t), Wp, Ft, None, False)
-    u = _t(_normalize(z))
+    u = leaf64(normalize(z))
     loss = -(l2n(u @ Wp.T) * l2n(torch.tensor(t))).sum()
     loss.backward()
-    _close(g, u.grad.numpy(), rtol=1e-7)
+    check_close(g, u.grad.numpy(), rtol=1e-7)
 
 
 @pytest.mark.parametrize("n,d", SIZES)
@@ -216,9 +197,9 @@ def test_directpred_loss_gradient_through_the_set_predictor(n: int, d: int) -> N
     rng = np.random.default_rng(5 * n + d)
     f, z = rng.normal(size=(n, d)), rng.normal(size=(n, d))
     W = asym.directpred_weight(torch.tensor(_psd(rng, d)), eps=0.01)
-    tf = _t(f)
-    loss = asym.byol_loss(tf @ W.T, _t(z))
+    tf = leaf64(f)
+    loss = asym.byol_loss(tf @ W.T, leaf64(z))
     loss.backward()
     Wn = W.numpy()
-    expected = _through_normalization(f @ Wn.T, -2 * _normalize(z) / n) @ Wn
-    _close(tf.grad, expected)
+    expected = through_normalization(f @ Wn.T, -2 * normalize(z) / n) @ Wn
+    check_close(tf.grad, expected)

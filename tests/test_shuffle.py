@@ -61,13 +61,22 @@ def test_with_per_view_batch_norm_the_key_groups_are_the_shuffled_ones():
 
 
 def test_permutations_are_reproducible_and_resume():
-    a, b = KeyShuffle(seed=11), KeyShuffle(seed=11)
-    seq = [a.permutation(10, "cpu").tolist() for _ in range(3)]
-    assert seq[0] != seq[1]
-    assert b.permutation(10, "cpu").tolist() == seq[0]
+    def sequence(ks: KeyShuffle, steps: int) -> list[list[int]]:
+        out = []
+        for _ in range(steps):
+            out.append(ks.permutation(10, "cpu").tolist())
+            assert ks.permutation(10, "cpu").tolist() == out[-1]  # a second forward in a step: the same
+            ks.advance()
+        return out
+
+    seq = sequence(KeyShuffle(seed=11), 3)
+    assert seq[0] != seq[1] != seq[2]
+    b = KeyShuffle(seed=11)
+    assert sequence(b, 1) == seq[:1]
     resumed = KeyShuffle(seed=0)
     resumed.load_state_dict(b.state_dict())  # a run resumed after one step
-    assert [resumed.permutation(10, "cpu").tolist() for _ in range(2)] == seq[1:]
+    assert sequence(resumed, 2) == seq[1:]
+    assert sequence(KeyShuffle(seed=12), 1) != seq[:1]
 
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:

@@ -17,6 +17,7 @@ from siamgrad.errors import ConfigError
 FORMS = ("original", "gradient")
 TARGETS = ("auto", "none", "stopgrad", "momentum", "momentum_positive")
 MOMENTUM_TARGETS = ("momentum", "momentum_positive")
+VIEW_BN = ("per_view", "joint")
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,7 @@ from siamgrad.methods import objectives as obj
 from siamgrad.methods.options import (
     FORMS,
     TARGETS,
+    VIEW_BN,
     Option,
     positive_float,
     positive_int,
@@ -97,15 +98,35 @@ _PRED_LAYERS = Option(2, "int", "predictor layers: 2 = MLP, 1 = linear, 0 = none
                       forms=("original",))
 
 
-def _common(hidden: int, out: int, layers: int, momentum: float) -> dict[str, Option]:
-    return {
+def _common(hidden: int, out: int, layers: int, momentum: float, projector: HeadSpec,
+            predictor: HeadSpec | None = None, schedule: str = "cosine") -> dict[str, Option]:
+    """Options of every method; the head flags default to the method's ``projector``/``predictor`` specs."""
+    opts = {
         "form": Option("original", "choice", "original loss or unified-gradient form", FORMS),
         "target": Option("auto", "choice", "target branch (UniGrad Table 2)", TARGETS),
         "momentum": unit_interval(momentum, "base EMA coefficient m0 of the momentum encoder"),
+        "momentum_schedule": Option(
+            schedule, "choice", "EMA coefficient over training: cosine from m0 to 1, or constant m0",
+            ("cosine", "constant"),
+        ),
+        "view_bn": Option(
+            "per_view", "choice", "batch-norm statistics: each view's own (as separate forwards) or joint over all views",
+            VIEW_BN,
+        ),
         "proj_hidden_dim": positive_int(hidden, "projector hidden width"),
         "proj_output_dim": positive_int(out, "projector output width"),
         "proj_layers": positive_int(layers, "number of linear layers in the projector"),
+        "proj_last_bn": Option(projector.last_bn, "bool", "batch norm on the projector's output"),
+        "proj_last_bias": Option(projector.last_bias, "bool",
+                                 "bias of the projector's last linear layer (none when batch norm follows)"),
     }
+    if projector.hidden_bn:
+        opts["proj_hidden_bn_affine"] = Option(projector.hidden_bn_affine, "bool",
+                                               "weight and bias in the projector's hidden batch norms")
+    if predictor is not None:
+        opts["pred_last_bias"] = Option(predictor.last_bias, "bool", "bias of the predictor's last linear layer",
+                                        forms=("original",))
+    return opts
 
 
 def _trained_predictor_gradient_options(rho: float, eps: float) -> dict[str, Option]:
@@ -142,7 +163,7 @@ def _asym_state(o: dict, dim: int, form: str) -> MethodState | None:
 def _directpred_state(o: dict, dim: int, form: str) -> MethodState:
     if form == "gradient":
         return CorrelationEMA(dim, o["rho"])
-    return DirectPredictor(dim, o["rho"], o["eps"], o["freq"], o["clamp"])
+    return DirectPredictor(dim, o["rho"], o["eps"], o["freq"], o["clamp"], trained=o["predictor_update"] == "sgd")
 
 
 def _ema_state(o: dict, dim: int, form: str) -> MethodState:
@@ -175,6 +196,25 @@ def _vicreg_derived(o: dict) -> dict:
     return {"cov_weight_effective": o["cov_weight"]}
 
 
+# The heads of the official code (see docs/methods.md, "Differences from the reference implementations").
+# SimCLR (google-research/simclr model_util.py): output batch norm with a scale, no shift, no bias.
+_SIMCLR_PROJ = HeadSpec(hidden_bn=True, last_bn=True, last_bn_center=False, last_bias=False)
+# MoCo v2 (facebookresearch/moco builder.py, mlp=True): Linear-ReLU-Linear with biases.
+_MOCO_PROJ = HeadSpec(hidden_bn=False)
+# BYOL (deepmind-research byol/utils/networks.py MLP): the output layer has no bias.
+_BYOL_HEAD = HeadSpec(hidden_bn=True, last_bias=False)
+# SimSiam (facebookresearch/simsiam builder.py): non-affine batch norm on the projector output.
+_SIMSIAM_PROJ = HeadSpec(hidden_bn=True, last_bn=True, last_bn_affine=False)
+_SIMSIAM_PRED = HeadSpec(hidden_bn=True)
+# DirectPred (facebookresearch/luckmatters ssl/real-dataset models/mlp_head.py): non-affine hidden BN.
+_DIRECTPRED_PROJ = HeadSpec(hidden_bn=True, hidden_bn_affine=False)
+# Barlow Twins (facebookresearch/barlowtwins main.py): no biases.
+_BARLOW_PROJ = HeadSpec(hidden_bn=True, hidden_bias=False, last_bias=False)
+# VICReg (facebookresearch/vicreg main_vicreg.py Projector): no bias in the last layer.
+_VICREG_PROJ = HeadSpec(hidden_bn=True, last_bias=False)
+# UniGrad (fundamentalvision/UniGrad project/model.py _projection_mlp): hidden layers without bias.
+_UNIGRAD_PROJ = HeadSpec(hidden_bn=True, hidden_bias=False)
+
 REGISTRY: dict[str, MethodSpec] = {
     spec.name: spec
     for spec in (
@@ -183,12 +223,12 @@ REGISTRY: dict[str, MethodSpec] = {
             family="contrastive",
             paper="Chen et al. 2020 (arXiv 2002.05709)",
             options={
-                **_common(2048, 128, 2, 0.996),
-                "temperature": positive_float(0.1, "InfoNCE temperature tau (0.1 ImageNet, 0.2 CIFAR)"),
+                **_common(2048, 128, 2, 0.996, _SIMCLR_PROJ),
+                "temperature": positive_float(0.1, "InfoNCE temperature tau (0.1 ImageNet, 0.5 CIFAR-10)"),
                 "lam": positive_float(1.0, "gradient form: balance lambda").only_in("gradient"),
             },
             targets={"original": ("none",) + _ALL_TARGETS, "gradient": _ALL_TARGETS},
-            projector=HeadSpec(hidden_bn=True),
+            projector=_SIMCLR_PROJ,
             original=obj.simclr_original,
             gradient=obj.simclr_gradient,
             unified=UnifiedGradient(
@@ -200,13 +240,14 @@ REGISTRY: dict[str, MethodSpec] = {
             family="contrastive",
             paper="He et al. 2020; Chen et al. 2020 (MoCo v2, arXiv 2003.04297)",
             options={
-                **_common(2048, 128, 2, 0.99),
+                **_common(2048, 128, 2, 0.99, _MOCO_PROJ, schedule="constant"),
                 "temperature": positive_float(0.2, "InfoNCE temperature tau"),
                 "queue_size": positive_int(65536, "number of negative keys in the queue"),
+                "shuffle_bn": Option(True, "bool", "shuffle the key encoder's batch (MoCo's shuffled batch norm)"),
                 "lam": positive_float(1.0, "gradient form: balance lambda").only_in("gradient"),
             },
             targets={"original": ("momentum", "stopgrad", "momentum_positive"), "gradient": ("momentum", "stopgrad", "momentum_positive")},
-            projector=HeadSpec(hidden_bn=False),
+            projector=_MOCO_PROJ,
             original=obj.moco_original,
             gradient=obj.moco_gradient,
             make_state=_queue_state,
@@ -219,14 +260,14 @@ REGISTRY: dict[str, MethodSpec] = {
             family="asymmetric",
             paper="Grill et al. 2020 (arXiv 2006.07733)",
             options={
-                **_common(4096, 256, 2, 0.996),
+                **_common(4096, 256, 2, 0.996, _BYOL_HEAD, _BYOL_HEAD),
                 "pred_hidden_dim": positive_int(4096, "predictor hidden width").only_in("original"),
                 "pred_layers": _PRED_LAYERS,
                 **_trained_predictor_gradient_options(0.99, 0.3),
             },
             targets={"original": ("momentum", "stopgrad"), "gradient": ("momentum", "stopgrad", "momentum_positive")},
-            projector=HeadSpec(hidden_bn=True),
-            predictor=HeadSpec(hidden_bn=True),
+            projector=_BYOL_HEAD,
+            predictor=_BYOL_HEAD,
             original=obj.byol_original,
             gradient=obj.asymmetric_gradient,
             make_state=_asym_state,
@@ -239,14 +280,14 @@ REGISTRY: dict[str, MethodSpec] = {
             family="asymmetric",
             paper="Chen & He 2021 (arXiv 2011.10566)",
             options={
-                **_common(2048, 2048, 3, 0.996),
+                **_common(2048, 2048, 3, 0.996, _SIMSIAM_PROJ, _SIMSIAM_PRED),
                 "pred_hidden_dim": positive_int(512, "predictor bottleneck width").only_in("original"),
                 "pred_layers": _PRED_LAYERS,
                 **_trained_predictor_gradient_options(0.99, 0.3),
             },
             targets={"original": ("stopgrad", "momentum"), "gradient": ("stopgrad", "momentum", "momentum_positive")},
-            projector=HeadSpec(hidden_bn=True, last_bn=True, last_bn_affine=False),
-            predictor=HeadSpec(hidden_bn=True),
+            projector=_SIMSIAM_PROJ,
+            predictor=_SIMSIAM_PRED,
             original=obj.simsiam_original,
             gradient=obj.asymmetric_gradient,
             make_state=_asym_state,
@@ -259,13 +300,17 @@ REGISTRY: dict[str, MethodSpec] = {
             family="asymmetric",
             paper="Tian, Chen & Ganguli 2021 (arXiv 2102.06810)",
             options={
-                **_common(4096, 256, 2, 0.996),
+                **_common(4096, 256, 2, 0.996, _DIRECTPRED_PROJ, schedule="constant"),
                 **_asym_gradient_options(0.3, 0.01),
                 "freq": positive_int(1, "reset the predictor from F_hat every freq steps").only_in("original"),
+                "predictor_update": Option(
+                    "sgd", "choice", "between resets: train the predictor by SGD (the reference) or hold it fixed",
+                    ("sgd", "fixed"), forms=("original",),
+                ),
                 "clamp": positive_float(1e-4, "lower clamp of the predictor eigenvalues"),
             },
             targets={"original": ("momentum", "stopgrad"), "gradient": ("momentum", "stopgrad", "momentum_positive")},
-            projector=HeadSpec(hidden_bn=True),
+            projector=_DIRECTPRED_PROJ,
             original=obj.directpred_original,
             gradient=obj.asymmetric_gradient,
             make_state=_directpred_state,
@@ -278,7 +323,7 @@ REGISTRY: dict[str, MethodSpec] = {
             family="decorrelation",
             paper="Zbontar et al. 2021 (arXiv 2103.03230); small projectors/many views: arXiv 2312.10725",
             options={
-                **_common(8192, 8192, 3, 0.996),
+                **_common(8192, 8192, 3, 0.996, _BARLOW_PROJ),
                 "lambd": positive_float(0.0051, "off-diagonal weight of the cross-correlation loss").only_in("original"),
                 "width_scaled": Option(
                     False, "bool", "l2-normalize before standardizing and use lambda(d) of arXiv 2312.10725 (overrides lambd)",
@@ -289,7 +334,7 @@ REGISTRY: dict[str, MethodSpec] = {
                 "lam": positive_float(50.0, "gradient form: balance lambda").only_in("gradient"),
             },
             targets={"original": ("none",), "gradient": _ALL_TARGETS},
-            projector=HeadSpec(hidden_bn=True, hidden_bias=False, last_bias=False),
+            projector=_BARLOW_PROJ,
             original=obj.barlow_original,
             gradient=obj.barlow_gradient,
             derived=_barlow_derived,
@@ -307,7 +352,7 @@ REGISTRY: dict[str, MethodSpec] = {
             family="decorrelation",
             paper="Bardes, Ponce & LeCun 2022 (arXiv 2105.04906)",
             options={
-                **_common(8192, 8192, 3, 0.996),
+                **_common(8192, 8192, 3, 0.996, _VICREG_PROJ),
                 "sim_weight": Option(25.0, "float", "invariance weight", low=0.0, forms=("original",)),
                 "var_weight": Option(25.0, "float", "variance weight", low=0.0, forms=("original",)),
                 "cov_weight": Option(1.0, "float", "covariance (off-diagonal) weight", low=0.0, forms=("original",)),
@@ -318,7 +363,7 @@ REGISTRY: dict[str, MethodSpec] = {
                 "lam": positive_float(50.0, "gradient form: balance lambda").only_in("gradient"),
             },
             targets={"original": ("none",), "gradient": ("stopgrad", "momentum")},
-            projector=HeadSpec(hidden_bn=True),
+            projector=_VICREG_PROJ,
             original=obj.vicreg_original,
             gradient=obj.vicreg_gradient,
             derived=_vicreg_derived,
@@ -336,12 +381,12 @@ REGISTRY: dict[str, MethodSpec] = {
             family="unigrad",
             paper="Tao et al. 2022 (arXiv 2112.05141)",
             options={
-                **_common(2048, 2048, 3, 0.996),
+                **_common(2048, 2048, 3, 0.996, _UNIGRAD_PROJ),
                 "lam": positive_float(100.0, "balance lambda of the F u1 term"),
                 "rho": unit_interval(0.99, "EMA coefficient of the correlation matrix F"),
             },
             targets={"original": ("momentum", "stopgrad", "momentum_positive"), "gradient": ("momentum", "stopgrad", "momentum_positive")},
-            projector=HeadSpec(hidden_bn=True, hidden_bias=False),
+            projector=_UNIGRAD_PROJ,
             original=obj.unigrad_original,
             gradient=obj.unigrad_gradient,
             make_state=_ema_state,

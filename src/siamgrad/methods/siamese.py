@@ -6,18 +6,23 @@ it implements :class:`~siamgrad.methods.protocol.Method`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import math
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
+from siamgrad import distributed as D
 from siamgrad.core.gradient import float32, l2n, ordered_pairs, upcast
 from siamgrad.errors import ConfigError, SiamgradError
 from siamgrad.methods.options import MOMENTUM_TARGETS
 from siamgrad.methods.protocol import Branches, MethodState
-from siamgrad.models.heads import mlp
+from siamgrad.models.heads import HeadSpec, mlp
+from siamgrad.models.shuffle import KeyShuffle, shuffle, unshuffle
+from siamgrad.models.view_norm import view_groups
 
 if TYPE_CHECKING:
     from siamgrad.methods.spec import MethodSpec
@@ -27,9 +32,15 @@ class SiameseMethod(nn.Module):
     """Backbone + projector (+ predictor) + target branch + objective of one registered method.
 
     ``training_step(views)`` returns ``(loss, logs)``; ``on_step_end(step, total_steps)`` updates the
-    momentum encoder (``m = 1 - (1 - m0)(cos(pi step/T) + 1)/2``, ``theta_m <- m theta_m + (1 - m) theta``,
-    buffers copied) and the MoCo queue. All state needed to resume (momentum encoder, queue and
-    pointer, F / F_hat and their counters, the DirectPred predictor) lives in submodules/buffers.
+    momentum encoder (``m = 1 - (1 - m0)(cos(pi step/T) + 1)/2``, or ``m0`` with
+    ``momentum_schedule=constant``; ``theta_m <- m theta_m + (1 - m) theta``, buffers copied) and the
+    method's state. All state needed to resume (momentum encoder, queue and pointer, F / F_hat and
+    their counters, the DirectPred predictor, the key shuffle's counter) lives in submodules/buffers.
+
+    The M views go through every network in one forward; with ``view_bn=per_view`` (the default)
+    each batch-norm layer normalizes each view's slice with that view's statistics
+    (:mod:`siamgrad.models.view_norm`), as separate forwards of the views would. With
+    ``shuffle_bn`` (MoCo) the key encoder forwards a shuffled batch (:mod:`siamgrad.models.shuffle`).
     """
 
     def __init__(self, spec: MethodSpec, backbone: nn.Module, feature_dim: int, options: dict[str, Any]) -> None:
@@ -43,21 +54,34 @@ class SiameseMethod(nn.Module):
         self.target: str = options["target"]
         o = self.options
         self.backbone = backbone
-        self.projector = mlp(feature_dim, o["proj_hidden_dim"], o["proj_output_dim"], o["proj_layers"], spec.projector)
+        self.projector = mlp(feature_dim, o["proj_hidden_dim"], o["proj_output_dim"], o["proj_layers"],
+                             self._head(spec.projector, "proj"))
         self.predictor: nn.Module | None = None
         if spec.predictor is not None and self.form == "original":
             dim = o["proj_output_dim"]
             layers = o.get("pred_layers", 2)
             if layers > 0:
-                self.predictor = mlp(dim, o["pred_hidden_dim"], dim, layers, spec.predictor)
+                self.predictor = mlp(dim, o["pred_hidden_dim"], dim, layers, self._head(spec.predictor, "pred"))
         self.momentum_backbone: nn.Module | None = None
         self.momentum_projector: nn.Module | None = None
         if self.target in MOMENTUM_TARGETS:
             self.momentum_backbone = copy.deepcopy(backbone).requires_grad_(False)
             self.momentum_projector = copy.deepcopy(self.projector).requires_grad_(False)
         self.state: MethodState | None = spec.make_state(self.params, o["proj_output_dim"], self.form)
+        self.key_shuffle: KeyShuffle | None = None
+        if o.get("shuffle_bn", False) and self.target in MOMENTUM_TARGETS:
+            self.key_shuffle = KeyShuffle()
+        self.view_bn: str = o.get("view_bn", "joint")
         self.last_features: Tensor | None = None
         self.last_momentum: float = float(o["momentum"])
+
+    def _head(self, base: HeadSpec, prefix: str) -> HeadSpec:
+        """The spec's head flags with the method options ``{prefix}_last_bn`` etc. applied."""
+        o, flags = self.options, {}
+        for flag in ("last_bn", "last_bias", "hidden_bn_affine"):
+            if f"{prefix}_{flag}" in o:
+                flags[flag] = bool(o[f"{prefix}_{flag}"])
+        return dataclasses.replace(base, **flags)
 
     def extra_repr(self) -> str:
         return f"method={self.name}, form={self.form}, target={self.target}"
@@ -104,19 +128,34 @@ class SiameseMethod(nn.Module):
             )
         return y
 
+    def _per_view(self, module: nn.Module, m: int) -> contextlib.AbstractContextManager:
+        """Each of the ``m`` views' own batch-norm statistics inside (``view_bn=per_view``)."""
+        return view_groups(module, m) if self.view_bn == "per_view" else contextlib.nullcontext()
+
+    @torch.no_grad()
+    def _keys(self, x: Tensor, m: int) -> Tensor:
+        """The momentum branch's outputs for the stacked views ``x`` (shuffled batch norm for MoCo)."""
+        assert self.momentum_backbone is not None and self.momentum_projector is not None
+        encoder = nn.Sequential(self.momentum_backbone, self.momentum_projector)
+        if self.key_shuffle is None:
+            with self._per_view(encoder, m):
+                return encoder(x)
+        perm = self.key_shuffle.permutation(x.shape[0] * D.world_size(), x.device)
+        with self._per_view(encoder, m):
+            return unshuffle(encoder(shuffle(x, perm)), perm)
+
     def branches(self, views: list[Tensor]) -> Branches:
-        """One backbone forward over all views; the target branch as chosen by ``target``."""
-        n = views[0].shape[0]
+        """One forward over all views (each view's batch-norm statistics its own with
+        ``view_bn=per_view``); the target branch as chosen by ``target``."""
+        n, m = views[0].shape[0], len(views)
         x = torch.cat(list(views), dim=0)
-        y = self._features(x)
+        online_nets = [self.backbone, self.projector, *([self.predictor] if self.predictor is not None else [])]
+        with self._per_view(nn.ModuleList(online_nets), m):
+            y = self._features(x)
+            z = self.projector(y)
+            p = self.predictor(z) if self.predictor is not None else None
         self.last_features = y[:n].detach()
-        z = self.projector(y)
-        p = self.predictor(z) if self.predictor is not None else None
-        zm = None
-        if self.target in MOMENTUM_TARGETS:
-            assert self.momentum_backbone is not None and self.momentum_projector is not None
-            with torch.no_grad():
-                zm = self.momentum_projector(self.momentum_backbone(x))
+        zm = self._keys(x, m) if self.target in MOMENTUM_TARGETS else None
         online = list(upcast(z).split(n))
         predicted = list(upcast(p).split(n)) if p is not None else online
         if self.target == "none":
@@ -157,9 +196,10 @@ class SiameseMethod(nn.Module):
         return self.training_step(views)
 
     def momentum_at(self, step: int, total_steps: int) -> float:
-        """``m = 1 - (1 - m0) (cos(pi step / total_steps) + 1) / 2`` (``m0`` when ``total_steps <= 0``)."""
+        """``m = 1 - (1 - m0) (cos(pi step / total_steps) + 1) / 2`` (``m0`` when ``total_steps <= 0`` or
+        with ``momentum_schedule=constant``)."""
         m0 = float(self.options["momentum"])
-        if total_steps <= 0:
+        if total_steps <= 0 or self.options.get("momentum_schedule", "cosine") == "constant":
             return m0
         return 1.0 - (1.0 - m0) * (math.cos(math.pi * min(step, total_steps) / total_steps) + 1.0) / 2.0
 
@@ -179,3 +219,5 @@ class SiameseMethod(nn.Module):
             self.last_momentum = m
         if self.state is not None:
             self.state.on_step_end()
+        if self.key_shuffle is not None:
+            self.key_shuffle.advance()

@@ -119,30 +119,62 @@ class FeatureQueue(MethodState):
 
 
 class DirectPredictor(MethodState):
-    """The DirectPred linear predictor: ``p = W_p f`` with ``W_p`` set from ``F_hat`` (a buffer).
+    """The DirectPred linear predictor ``p = W_p f``, set from ``F_hat`` every ``freq`` steps.
 
-    Call :meth:`update` once per training step with the online projector outputs of all views
-    before predicting (as a method's state it observes the online branch). State (``F_hat``, its update count, ``W_p``, the step count) is in buffers.
+    ``F_hat <- rho F_hat + (1 - rho) F_batch`` observes the online projector outputs of all views
+    each step, before the objective. Two ways to use it between resets:
+
+    * ``trained=True`` (the reference, facebookresearch/luckmatters ``ssl/real-dataset/byol_trainer.py``,
+      ``predictor_reg=corr``): ``W_p`` is a parameter (bias-free linear layer, default
+      initialization) trained by the optimizer with the rest of the model; after the optimizer step
+      of every step ``k`` with ``k % freq == 0`` it is overwritten with ``directpred_weight(F_hat)``,
+      ``F_hat`` including step ``k``'s batch. So step ``k`` predicts with the weight reset after step
+      ``k - 1`` (``freq=1``) or trained since the last reset (``freq > 1``). Step 0 predicts with
+      ``directpred_weight`` of its own batch's ``F_hat`` (the reference: a random initialization,
+      reset after step 0 all the same).
+    * ``trained=False`` (the fixed form): ``W_p`` is a buffer, reset from ``F_hat`` (this step's batch
+      included) before the objective at every ``k % freq == 0`` and held fixed in between.
+
+    State (``F_hat``, its update count, ``W_p``, the step count) is in buffers and parameters.
     """
 
-    def __init__(self, dim: int, rho: float = 0.3, eps: float = 0.01, freq: int = 1, clamp: float = 1e-4) -> None:
+    def __init__(self, dim: int, rho: float = 0.3, eps: float = 0.01, freq: int = 1, clamp: float = 1e-4,
+                 trained: bool = False) -> None:
         super().__init__()
-        self.eps, self.freq, self.clamp = float(eps), int(freq), float(clamp)
+        self.eps, self.freq, self.clamp, self.trained = float(eps), int(freq), float(clamp), bool(trained)
         self.ema = CorrelationEMA(dim, rho)
-        self.register_buffer("weight", torch.eye(dim))
+        if self.trained:
+            self.weight = torch.nn.Parameter(torch.eye(dim))  # set from F_hat at the first step
+        else:
+            self.register_buffer("weight", torch.eye(dim))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
     @property
     def F_hat(self) -> Tensor:
         return self.ema.F
 
+    def _reset_due(self) -> bool:
+        return self.freq == 1 or int(self.steps) % self.freq == 0
+
     @torch.no_grad()
     def update(self, features: list[Tensor]) -> None:
-        """``F_hat <- rho F_hat + (1 - rho) F_batch``; every ``freq`` steps (from the first) reset ``W_p``."""
+        """``F_hat <- rho F_hat + (1 - rho) F_batch``; the fixed form resets ``W_p`` every ``freq`` steps,
+        the trained form at its first step only (then after optimizer steps, :meth:`on_step_end`)."""
         F = self.ema.update(batch_correlation(features))
-        if self.freq == 1 or int(self.steps) % self.freq == 0:
-            self.weight.copy_(directpred_weight(F, self.eps, self.clamp))
-        self.steps += 1
+        if not self.trained:
+            if self._reset_due():
+                self.weight.copy_(directpred_weight(F, self.eps, self.clamp))
+            self.steps += 1
+        elif int(self.steps) == 0:  # the trained form's first step
+            self.weight.copy_(directpred_weight(F, self.eps, self.clamp).to(self.weight.dtype))
+
+    @torch.no_grad()
+    def on_step_end(self) -> None:
+        """Trained form: after the optimizer step, reset ``W_p`` from ``F_hat`` every ``freq`` steps."""
+        if self.trained:
+            if self._reset_due():
+                self.weight.copy_(directpred_weight(self.F_hat, self.eps, self.clamp).to(self.weight.dtype))
+            self.steps += 1
 
     def forward(self, f: Tensor) -> Tensor:
         return f @ self.weight.T.to(f.dtype)
@@ -151,10 +183,12 @@ class DirectPredictor(MethodState):
         self.update([z.detach() for z in branches.online])
 
     def diagnostics(self) -> dict[str, Tensor]:
-        return {"F": self.F_hat, "predictor": self.weight} if int(self.ema.updates) > 0 else {}
+        return {"F": self.F_hat, "predictor": self.weight.detach()} if int(self.ema.updates) > 0 else {}
 
     def pin(self, *, F: Tensor | None = None, queue: Tensor | None = None) -> DirectPredictor:
-        """Hold ``F_hat`` fixed (when given); the predictor is still set from it."""
+        """Hold ``F_hat`` fixed (when given); the predictor is set from it (the trained form at once)."""
         self.ema.pin(F=F)
+        if F is not None and self.trained:
+            with torch.no_grad():
+                self.weight.copy_(directpred_weight(self.F_hat, self.eps, self.clamp).to(self.weight.dtype))
         return self
-

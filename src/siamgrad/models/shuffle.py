@@ -16,9 +16,11 @@ permutation ``perm`` of the ``W * n`` rows of the global batch (rank order):
 On one process (``W = 1``) this is a permutation of the local batch; combined with per-view batch
 norm (:mod:`siamgrad.models.view_norm`) the key encoder's statistic groups are then random sets of
 ``n`` (view, image) pairs, a different grouping from the queries' (one view per group). Under
-``torchrun`` it is the official code's scheme. :class:`KeyShuffle` draws the permutations from a
-generator seeded by the run's seed and a call counter kept in buffers (so a resumed run draws
-the same ones), and rank 0's permutation is broadcast to every rank as the official code does.
+``torchrun`` it is the official code's scheme. :class:`KeyShuffle` draws the permutation of a step
+from a generator seeded by the run's seed and a step counter kept in buffers (so a resumed run
+draws the same ones, and an extra forward between two steps, e.g. the diagnostics', draws the
+next step's permutation without consuming it); rank 0's permutation is broadcast to every rank
+as the official code does.
 """
 
 from __future__ import annotations
@@ -52,20 +54,24 @@ def unshuffle(y: Tensor, perm: Tensor) -> Tensor:
 
 
 class KeyShuffle(nn.Module):
-    """Draws the shuffle permutations; its buffers (seed, calls) make them resume exactly."""
+    """Draws the shuffle permutation of each step; its buffers (seed, steps) make them resume exactly."""
 
     def __init__(self, seed: int | None = None) -> None:
         super().__init__()
         seed = torch.initial_seed() if seed is None else seed  # the run's seed, drawn from no RNG
         self.register_buffer("seed", torch.tensor(int(seed) % (2**62), dtype=torch.int64))
-        self.register_buffer("calls", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
 
     @torch.no_grad()
     def permutation(self, n_global: int, device: torch.device | str) -> Tensor:
-        """A permutation of ``range(n_global)``, the same on every rank (rank 0's)."""
-        g = torch.Generator().manual_seed((int(self.seed) * 1_000_003 + int(self.calls)) % (2**63))
-        self.calls += 1
+        """This step's permutation of ``range(n_global)``, the same on every rank (rank 0's)."""
+        g = torch.Generator().manual_seed((int(self.seed) * 1_000_003 + int(self.steps)) % (2**63))
         perm = torch.randperm(n_global, generator=g).to(device)
         if D.is_dist() and D.world_size() > 1:
             dist.broadcast(perm, src=0)
         return perm
+
+    @torch.no_grad()
+    def advance(self) -> None:
+        """The next step draws a new permutation (call after the optimizer step)."""
+        self.steps += 1
