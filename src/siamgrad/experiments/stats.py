@@ -1,0 +1,117 @@
+"""Means over seeds with Student-t confidence intervals, and paired differences over the same seeds.
+
+A run repeated with seeds ``0..K-1`` gives ``K`` values of a metric. :func:`mean_interval` is their
+mean with the two-sided Student-t interval ``mean +- t_{K-1} * sd / sqrt(K)`` (``sd`` the sample
+standard deviation, ``K - 1`` in the denominator). A contrast between two runs uses
+:func:`paired_difference`: the per-seed differences ``a_i - b_i`` (the two runs share seed ``i``,
+hence their initialization and augmentation draws), whose mean and interval are those of a
+one-sample t interval on the differences. Pairing removes the seed-to-seed variation the two runs
+share, so the interval of a difference is usually narrower than the two runs' intervals suggest.
+
+The t quantile is computed here (no SciPy at run time): for an integer number of degrees of freedom
+``n`` the probability ``P(|T| < t)`` has a closed form in ``theta = atan(t / sqrt(n))``
+(Abramowitz & Stegun 26.7.3-4), inverted by bisection on ``theta``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+from siamgrad.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean with its two-sided confidence interval ``[low, high]`` over ``n`` values.
+
+    With one value the interval is unbounded (``-inf, inf``): one seed says nothing of the spread.
+    """
+
+    mean: float
+    low: float
+    high: float
+    n: int
+    sd: float  # sample standard deviation (nan for n = 1)
+    level: float = 0.95
+
+    @property
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2
+
+    def __str__(self) -> str:
+        if self.n < 2:
+            return f"{self.mean:.2f} (1 seed)"
+        return f"{self.mean:.2f} ± {self.half_width:.2f} (n={self.n})"
+
+
+def t_two_sided_prob(t: float, df: int) -> float:
+    """``P(|T| < t)`` for Student's t with ``df`` (a positive integer) degrees of freedom."""
+    if df < 1 or int(df) != df:
+        raise ConfigError(f"degrees of freedom must be a positive integer, got {df}")
+    if t <= 0:
+        return 0.0
+    if math.isinf(t):
+        return 1.0
+    theta = math.atan(t / math.sqrt(df))
+    return _prob_of_theta(theta, int(df))
+
+
+def _prob_of_theta(theta: float, df: int) -> float:
+    s, c = math.sin(theta), math.cos(theta)
+    if df % 2 == 1:
+        # (2/pi) (theta + sin cos [1 + (2/3) cos^2 + (2*4)/(3*5) cos^4 + ...]), terms up to cos^(df-2)
+        total, term = 0.0, c
+        for k in range(1, (df - 1) // 2 + 1):
+            total += term
+            term *= c * c * (2 * k) / (2 * k + 1)
+        return 2 / math.pi * (theta + s * total) if df > 1 else 2 * theta / math.pi
+    # sin [1 + (1/2) cos^2 + (1*3)/(2*4) cos^4 + ...], terms up to cos^(df-2)
+    total, term = 0.0, 1.0
+    for k in range(1, df // 2 + 1):
+        total += term
+        term *= c * c * (2 * k - 1) / (2 * k)
+    return s * total
+
+
+def t_quantile(level: float, df: int) -> float:
+    """The ``t`` with ``P(|T| < t) = level`` (e.g. 0.95 -> the 97.5% quantile), ``df`` integer >= 1."""
+    if not 0 < level < 1:
+        raise ConfigError(f"confidence level must lie strictly between 0 and 1, got {level}")
+    if df < 1 or int(df) != df:
+        raise ConfigError(f"degrees of freedom must be a positive integer, got {df}")
+    lo, hi = 0.0, math.pi / 2  # the probability rises monotonically with theta on [0, pi/2)
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if _prob_of_theta(mid, int(df)) < level:
+            lo = mid
+        else:
+            hi = mid
+    return math.sqrt(df) * math.tan((lo + hi) / 2)
+
+
+def mean_interval(values: Sequence[float], level: float = 0.95) -> Interval:
+    """Mean of ``values`` with its Student-t interval at ``level`` (unbounded for one value)."""
+    xs = [float(v) for v in values]
+    if not xs:
+        raise ConfigError("no values to average; train at least one seed of the run")
+    if not all(math.isfinite(x) for x in xs):
+        raise ConfigError(f"non-finite value among {xs}; leave failed runs out before averaging")
+    n = len(xs)
+    mean = sum(xs) / n
+    if n == 1:
+        return Interval(mean, -math.inf, math.inf, 1, math.nan, level)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
+    half = t_quantile(level, n - 1) * sd / math.sqrt(n)
+    return Interval(mean, mean - half, mean + half, n, sd, level)
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> Interval:
+    """Mean of the per-seed differences ``a[i] - b[i]`` with its Student-t interval.
+
+    ``a[i]`` and ``b[i]`` must come from the same seed ``i``.
+    """
+    if len(a) != len(b):
+        raise ConfigError(f"paired difference of {len(a)} and {len(b)} values; give both runs the same seeds")
+    return mean_interval([x - y for x, y in zip(a, b)], level)
