@@ -11,20 +11,10 @@ import torch
 from siamgrad import methods
 from siamgrad.core.gradient import l2n, surrogate_loss
 from siamgrad.core.objectives import decorrelation as dec
+from conftest import check_close, leaf64, normalize, through_normalization
 
 SIZES = [(5, 3), (8, 6), (16, 4)]
-RTOL = 1e-8
 BN_EPS = 1e-5
-
-
-def _normalize(z: np.ndarray) -> np.ndarray:
-    return z / np.linalg.norm(z, axis=1, keepdims=True)
-
-
-def _through_normalization(z: np.ndarray, grad_u: np.ndarray) -> np.ndarray:
-    norm = np.linalg.norm(z, axis=1, keepdims=True)
-    u = z / norm
-    return (grad_u - u * np.sum(u * grad_u, axis=1, keepdims=True)) / norm
 
 
 def _standardize(z: np.ndarray, eps: float = BN_EPS) -> np.ndarray:
@@ -39,16 +29,6 @@ def _through_standardization(z: np.ndarray, grad_h: np.ndarray, eps: float = BN_
     return (grad_h - grad_h.mean(0)) / s - x * (grad_h * x).mean(0) / s**3
 
 
-def _close(actual: torch.Tensor, expected: np.ndarray, rtol: float = RTOL) -> None:
-    scale = np.abs(expected).max()
-    assert scale > 0
-    np.testing.assert_allclose(actual.detach().numpy(), expected, rtol=rtol, atol=rtol * scale)
-
-
-def _t(x: np.ndarray) -> torch.Tensor:
-    return torch.tensor(x, dtype=torch.float64, requires_grad=True)
-
-
 def _offdiag(c: np.ndarray) -> np.ndarray:
     return c - np.diag(np.diag(c))
 
@@ -59,7 +39,7 @@ def _offdiag(c: np.ndarray) -> np.ndarray:
 def _barlow_numpy(z1, z2, lambd, l2=False):
     """L = sum_k (1 - C_kk)^2 + lambd sum_{k!=l} C_kl^2, C = H1^T H2 / N.
     dL/dC = G with G_kk = -2 (1 - C_kk), G_kl = 2 lambd C_kl; dL/dH1 = H2 G^T / N, dL/dH2 = H1 G / N."""
-    a, b = (_normalize(z1), _normalize(z2)) if l2 else (z1, z2)
+    a, b = (normalize(z1), normalize(z2)) if l2 else (z1, z2)
     n = a.shape[0]
     h1, h2 = _standardize(a), _standardize(b)
     c = h1.T @ h2 / n
@@ -68,7 +48,7 @@ def _barlow_numpy(z1, z2, lambd, l2=False):
     g1 = _through_standardization(a, h2 @ G.T / n)
     g2 = _through_standardization(b, h1 @ G / n)
     if l2:
-        g1, g2 = _through_normalization(z1, g1), _through_normalization(z2, g2)
+        g1, g2 = through_normalization(z1, g1), through_normalization(z2, g2)
     return value, g1, g2
 
 
@@ -77,13 +57,13 @@ def _barlow_numpy(z1, z2, lambd, l2=False):
 def test_barlow_twins_gradient_matches_closed_form(n: int, d: int, l2: bool) -> None:
     rng = np.random.default_rng(n * 7 + d)
     z1, z2 = rng.normal(size=(n, d)), rng.normal(size=(n, d)) + 0.5 * rng.normal(size=(1, d))
-    t1, t2 = _t(z1), _t(z2)
+    t1, t2 = leaf64(z1), leaf64(z2)
     loss = dec.barlow_twins_loss([t1, t2], lambd=0.3, l2=l2)
     loss.backward()
     value, g1, g2 = _barlow_numpy(z1, z2, 0.3, l2)
     assert loss.item() == pytest.approx(value, rel=1e-10)
-    _close(t1.grad, g1)
-    _close(t2.grad, g2)
+    check_close(t1.grad, g1)
+    check_close(t2.grad, g2)
 
 
 def _hadamard_columns() -> np.ndarray:
@@ -110,7 +90,7 @@ def _barlow_multiview_numpy(zs, lambd, l2=False):
     dL/dH_b = (1/N) [dc_b * hbar + (1/M) sum_a dc_a * H_a] + (1/M) (4 lambd / N) hbar offdiag(Cbar),
     with dc_a = -(2/M) (1 - c_a) broadcast over rows."""
     m, n = len(zs), zs[0].shape[0]
-    a = [_normalize(z) for z in zs] if l2 else list(zs)
+    a = [normalize(z) for z in zs] if l2 else list(zs)
     joint = np.concatenate(a)
     H = np.split(_standardize(joint), m)
     hbar = sum(H) / m
@@ -122,7 +102,7 @@ def _barlow_multiview_numpy(zs, lambd, l2=False):
     grad_H = [dc[b] * hbar / n + common for b in range(m)]
     grads = np.split(_through_standardization(joint, np.concatenate(grad_H)), m)
     if l2:
-        grads = [_through_normalization(z, g) for z, g in zip(zs, grads)]
+        grads = [through_normalization(z, g) for z, g in zip(zs, grads)]
     return value, grads
 
 
@@ -131,13 +111,13 @@ def _barlow_multiview_numpy(zs, lambd, l2=False):
 def test_multiview_barlow_twins_gradient_matches_closed_form(n: int, d: int, m: int, l2: bool) -> None:
     rng = np.random.default_rng(m * 100 + n + d)
     zs = [rng.normal(size=(n, d)) + 0.3 * i for i in range(m)]
-    ts = [_t(z) for z in zs]
+    ts = [leaf64(z) for z in zs]
     loss = dec.barlow_twins_loss(ts, lambd=0.2, l2=l2)
     loss.backward()
     value, grads = _barlow_multiview_numpy(zs, 0.2, l2)
     assert loss.item() == pytest.approx(value, rel=1e-10)
     for t, g in zip(ts, grads):
-        _close(t.grad, g)
+        check_close(t.grad, g)
 
 
 def test_multiview_barlow_twins_hand_computed_identical_views() -> None:
@@ -181,13 +161,13 @@ def test_vicreg_gradient_matches_closed_form(n: int, d: int, m: int) -> None:
     # mixed scales so that some variance hinges are active and some are not
     scales = np.linspace(0.3, 2.0, d)
     zs = [rng.normal(size=(n, d)) * scales for _ in range(m)]
-    ts = [_t(z) for z in zs]
+    ts = [leaf64(z) for z in zs]
     loss = dec.vicreg_loss(ts, 25.0, 25.0, 1.0)
     loss.backward()
     value, terms, grads = _vicreg_numpy(zs, 25.0, 25.0, 1.0)
     assert loss.item() == pytest.approx(value, rel=1e-10)
     for t, g in zip(ts, grads):
-        _close(t.grad, g)
+        check_close(t.grad, g)
 
 
 def test_vicreg_two_views_equals_paper_formula() -> None:
@@ -219,12 +199,12 @@ def test_barlow_twins_gradient_form(n: int, d: int) -> None:
     rng = np.random.default_rng(n + 3 * d)
     z, t, v = rng.normal(size=(n, d)), rng.normal(size=(n, d)), rng.normal(size=(n, d))
     g = dec.barlow_twins_gradient(torch.tensor(z), torch.tensor(t), torch.tensor(v), lam=50.0)
-    u, ut, uv = _normalize(z), _normalize(t), _normalize(v)
+    u, ut, uv = normalize(z), normalize(t), normalize(v)
     expected = 2 * (-ut + 50.0 * (ut @ uv.T / n) @ u)
-    _close(g, expected)
-    tz = _t(z)
+    check_close(g, expected)
+    tz = leaf64(z)
     surrogate_loss(l2n(tz), g).backward()
-    _close(tz.grad, _through_normalization(z, expected / n))
+    check_close(tz.grad, through_normalization(z, expected / n))
 
 
 @pytest.mark.parametrize("n,d", SIZES)
@@ -233,14 +213,14 @@ def test_vicreg_gradient_form(n: int, d: int) -> None:
     rng = np.random.default_rng(2 * n + d)
     z, t = rng.normal(size=(n, d)), rng.normal(size=(n, d))
     g = dec.vicreg_gradient(torch.tensor(z), torch.tensor(t), lam=50.0)
-    u, ut = _normalize(z), _normalize(t)
+    u, ut = normalize(z), normalize(t)
     mu = u.mean(0)
     C = (u - mu).T @ (u - mu) / n
     expected = 2 * (-ut + 50.0 * (u - mu) @ C)
-    _close(g, expected)
-    tz = _t(z)
+    check_close(g, expected)
+    tz = leaf64(z)
     surrogate_loss(l2n(tz), g).backward()
-    _close(tz.grad, _through_normalization(z, expected / n))
+    check_close(tz.grad, through_normalization(z, expected / n))
 
 
 # ------------------------------------------------------------------------------- width-scaled lambda

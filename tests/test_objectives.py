@@ -17,41 +17,19 @@ from siamgrad.core.gradient import l2n, surrogate_loss, unified_gradient
 from siamgrad.methods.states import CorrelationEMA
 from siamgrad.core.objectives import contrastive as con
 from siamgrad.core.objectives import unigrad as uni
+from conftest import check_close, leaf64, normalize, through_normalization
 
 SIZES = [(4, 3), (7, 5), (16, 8)]
-RTOL = 1e-8
 
 
 def _rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def _normalize(z: np.ndarray) -> np.ndarray:
-    return z / np.linalg.norm(z, axis=1, keepdims=True)
-
-
-def _through_normalization(z: np.ndarray, grad_u: np.ndarray) -> np.ndarray:
-    """dL/dz from dL/du for u = z/||z|| (row-wise): (g - u (u.g)) / ||z||."""
-    norm = np.linalg.norm(z, axis=1, keepdims=True)
-    u = z / norm
-    return (grad_u - u * np.sum(u * grad_u, axis=1, keepdims=True)) / norm
-
-
 def _softmax(x: np.ndarray) -> np.ndarray:
     x = x - x.max(axis=1, keepdims=True)
     e = np.exp(x)
     return e / e.sum(axis=1, keepdims=True)
-
-
-def _close(actual: torch.Tensor, expected: np.ndarray) -> None:
-    a = actual.detach().numpy()
-    scale = np.abs(expected).max()
-    assert scale > 0
-    np.testing.assert_allclose(a, expected, rtol=RTOL, atol=RTOL * scale)
-
-
-def _t(x: np.ndarray) -> torch.Tensor:
-    return torch.tensor(x, dtype=torch.float64, requires_grad=True)
 
 
 # ------------------------------------------------------------------------------- SimCLR NT-Xent
@@ -63,7 +41,7 @@ def _nt_xent_numpy(z1: np.ndarray, z2: np.ndarray, tau: float) -> tuple[float, n
     dL/dU = ((P - Q) U + (P - Q)^T U) / (2 N tau)."""
     n = z1.shape[0]
     z = np.concatenate([z1, z2])
-    u = _normalize(z)
+    u = normalize(z)
     s = u @ u.T / tau
     np.fill_diagonal(s, -np.inf)
     p = _softmax(s)
@@ -76,7 +54,7 @@ def _nt_xent_numpy(z1: np.ndarray, z2: np.ndarray, tau: float) -> tuple[float, n
     pos_logits = np.concatenate([s[idx, idx + n], s[idx + n, idx]])
     value = float(np.mean(-pos_logits + lse))
     grad_u = ((p - q) @ u + (p - q).T @ u) / (2 * n * tau)
-    grad_z = _through_normalization(z, grad_u)
+    grad_z = through_normalization(z, grad_u)
     return value, grad_z[:n], grad_z[n:]
 
 
@@ -85,13 +63,13 @@ def _nt_xent_numpy(z1: np.ndarray, z2: np.ndarray, tau: float) -> tuple[float, n
 def test_nt_xent_gradient_matches_closed_form(n: int, d: int, tau: float) -> None:
     rng = _rng(n * 100 + d)
     z1, z2 = rng.normal(size=(n, d)), rng.normal(size=(n, d))
-    t1, t2 = _t(z1), _t(z2)
+    t1, t2 = leaf64(z1), leaf64(z2)
     loss = con.nt_xent_loss(t1, t2, tau)
     loss.backward()
     value, g1, g2 = _nt_xent_numpy(z1, z2, tau)
     assert loss.item() == pytest.approx(value, rel=1e-10)
-    _close(t1.grad, g1)
-    _close(t2.grad, g2)
+    check_close(t1.grad, g1)
+    check_close(t2.grad, g2)
 
 
 def test_nt_xent_hand_computed_identical_orthonormal_views() -> None:
@@ -110,7 +88,7 @@ def _moco_numpy(q: np.ndarray, k: np.ndarray, queue: np.ndarray, tau: float):
     """Per anchor l = -q.k/tau + log(e^{q.k/tau} + sum_j e^{q.Q_j/tau}); dl/du_q = (1/tau)(-k + sum_v p_v v),
     dl/du_k = (1/tau)(p_k - 1) u_q; the loss is the mean over anchors."""
     n = q.shape[0]
-    uq, uk = _normalize(q), _normalize(k)
+    uq, uk = normalize(q), normalize(k)
     logits = np.concatenate([np.sum(uq * uk, axis=1, keepdims=True), uq @ queue.T], axis=1) / tau
     p = _softmax(logits)
     m = logits.max(axis=1, keepdims=True)
@@ -118,21 +96,21 @@ def _moco_numpy(q: np.ndarray, k: np.ndarray, queue: np.ndarray, tau: float):
     value = float(np.mean(-logits[:, 0] + lse))
     gu_q = (-uk + p[:, :1] * uk + p[:, 1:] @ queue) / tau / n
     gu_k = (p[:, :1] - 1) * uq / tau / n
-    return value, _through_normalization(q, gu_q), _through_normalization(k, gu_k), p
+    return value, through_normalization(q, gu_q), through_normalization(k, gu_k), p
 
 
 @pytest.mark.parametrize("n,d", SIZES)
 def test_moco_infonce_gradient_matches_closed_form(n: int, d: int) -> None:
     rng = _rng(7 + n + d)
     q, k = rng.normal(size=(n, d)), rng.normal(size=(n, d))
-    queue = _normalize(rng.normal(size=(11, d)))
-    tq, tk = _t(q), _t(k)
+    queue = normalize(rng.normal(size=(11, d)))
+    tq, tk = leaf64(q), leaf64(k)
     loss = con.queue_contrastive_loss(tq, tk, torch.tensor(queue), 0.2)
     loss.backward()
     value, gq, gk, _ = _moco_numpy(q, k, queue, 0.2)
     assert loss.item() == pytest.approx(value, rel=1e-10)
-    _close(tq.grad, gq)
-    _close(tk.grad, gk)
+    check_close(tq.grad, gq)
+    check_close(tk.grad, gk)
 
 
 def test_batch_contrastive_with_detached_targets_matches_infonce_over_other_images() -> None:
@@ -141,10 +119,10 @@ def test_batch_contrastive_with_detached_targets_matches_infonce_over_other_imag
     rng = _rng(3)
     n, d, tau = 6, 5, 0.3
     q, k, t1 = rng.normal(size=(n, d)), rng.normal(size=(n, d)), rng.normal(size=(n, d))
-    tq = _t(q)
+    tq = leaf64(q)
     loss = con.batch_contrastive_loss(tq, torch.tensor(k), [torch.tensor(t1), torch.tensor(k)], tau)
     loss.backward()
-    uq, uk, ut1 = _normalize(q), _normalize(k), _normalize(t1)
+    uq, uk, ut1 = normalize(q), normalize(k), normalize(t1)
     total = 0.0
     grad_u = np.zeros_like(q)
     for i in range(n):
@@ -156,7 +134,7 @@ def test_batch_contrastive_with_detached_targets_matches_infonce_over_other_imag
         total += -logits[0] + logits.max() + np.log(np.exp(logits - logits.max()).sum())
         grad_u[i] = (-uk[i] + p @ bank) / tau / n
     assert loss.item() == pytest.approx(total / n, rel=1e-10)
-    _close(tq.grad, _through_normalization(q, grad_u))
+    check_close(tq.grad, through_normalization(q, grad_u))
 
 
 # ------------------------------------------------------------------------------- gradient forms
@@ -165,13 +143,13 @@ def test_batch_contrastive_with_detached_targets_matches_infonce_over_other_imag
 def test_surrogate_loss_gradient_is_g_over_n() -> None:
     rng = _rng(11)
     z, g = rng.normal(size=(9, 4)), rng.normal(size=(9, 4))
-    tz = _t(z)
+    tz = leaf64(z)
     surrogate_loss(tz, torch.tensor(g)).backward()
-    _close(tz.grad, g / 9)
+    check_close(tz.grad, g / 9)
     # and through the l2-normalization: the tangent projection of g/N, divided by ||z||
-    tz2 = _t(z)
+    tz2 = leaf64(z)
     surrogate_loss(l2n(tz2), torch.tensor(g)).backward()
-    _close(tz2.grad, _through_normalization(z, g / 9))
+    check_close(tz2.grad, through_normalization(z, g / 9))
 
 
 def test_unified_gradient_formula() -> None:
@@ -189,29 +167,29 @@ def test_simclr_gradient_form(n: int, d: int, lam: float) -> None:
     z, t1, t2 = rng.normal(size=(n, d)), rng.normal(size=(n, d)), rng.normal(size=(n, d))
     tau = 0.2
     g = con.batch_contrastive_gradient(torch.tensor(z), torch.tensor(t2), [torch.tensor(t1), torch.tensor(t2)], tau, lam)
-    u, bank = _normalize(z), np.concatenate([_normalize(t1), _normalize(t2)])
+    u, bank = normalize(z), np.concatenate([normalize(t1), normalize(t2)])
     s = _softmax(u @ bank.T / tau)
-    expected = (-_normalize(t2) + lam * s @ bank) / tau
-    _close(g, expected)
-    tz = _t(z)
+    expected = (-normalize(t2) + lam * s @ bank) / tau
+    check_close(g, expected)
+    tz = leaf64(z)
     surrogate_loss(l2n(tz), g).backward()
-    _close(tz.grad, _through_normalization(z, expected / n))
+    check_close(tz.grad, through_normalization(z, expected / n))
 
 
 @pytest.mark.parametrize("n,d", SIZES)
 def test_moco_gradient_form_equals_infonce_gradient_at_lam_one(n: int, d: int) -> None:
     rng = _rng(2 * n + d)
     q, k = rng.normal(size=(n, d)), rng.normal(size=(n, d))
-    queue = _normalize(rng.normal(size=(13, d)))
+    queue = normalize(rng.normal(size=(13, d)))
     g = con.queue_contrastive_gradient(torch.tensor(q), torch.tensor(k), torch.tensor(queue), 0.2, 1.0)
-    tq = _t(q)
+    tq = leaf64(q)
     surrogate_loss(l2n(tq), g).backward()
     _, gq, _, p = _moco_numpy(q, k, queue, 0.2)
-    _close(tq.grad, gq)
+    check_close(tq.grad, gq)
     # and the stated formula with lam != 1
     g2 = con.queue_contrastive_gradient(torch.tensor(q), torch.tensor(k), torch.tensor(queue), 0.2, 3.0)
-    uk = _normalize(k)
-    _close(g2, (-uk + 3.0 * (p[:, :1] * uk + p[:, 1:] @ queue)) / 0.2)
+    uk = normalize(k)
+    check_close(g2, (-uk + 3.0 * (p[:, :1] * uk + p[:, 1:] @ queue)) / 0.2)
 
 
 # ------------------------------------------------------------------------------- UniGrad
@@ -222,24 +200,24 @@ def test_moco_gradient_form_equals_infonce_gradient_at_lam_one(n: int, d: int) -
 def test_unigrad_loss_and_gradient_form_match_closed_form(n: int, d: int, lam: float) -> None:
     rng = _rng(n * d)
     z, t = rng.normal(size=(n, d)), rng.normal(size=(n, d))
-    v = _normalize(rng.normal(size=(3 * n, d)))
+    v = normalize(rng.normal(size=(3 * n, d)))
     F = v.T @ v / v.shape[0]
-    u, ut = _normalize(z), _normalize(t)
+    u, ut = normalize(z), normalize(t)
     value = np.mean(-np.sum(u * ut, axis=1) + 0.5 * lam * np.einsum("ij,jk,ik->i", u, F, u))
     expected_g = -ut + lam * u @ F
-    expected = _through_normalization(z, expected_g / n)
+    expected = through_normalization(z, expected_g / n)
 
-    tz = _t(z)
+    tz = leaf64(z)
     loss = uni.unigrad_loss(tz, torch.tensor(t), torch.tensor(F), lam)
     loss.backward()
     assert loss.item() == pytest.approx(value, rel=1e-10)
-    _close(tz.grad, expected)
+    check_close(tz.grad, expected)
 
     g = uni.unigrad_gradient(torch.tensor(z), torch.tensor(t), torch.tensor(F), lam)
-    _close(g, expected_g)
-    tz2 = _t(z)
+    check_close(g, expected_g)
+    tz2 = leaf64(z)
     surrogate_loss(l2n(tz2), g).backward()
-    _close(tz2.grad, expected)
+    check_close(tz2.grad, expected)
 
 
 def test_unigrad_hand_computed_identical_orthonormal_views() -> None:
@@ -284,9 +262,9 @@ def test_unigrad_method_F_matches_moving_average_recomputation(target: str) -> N
         with torch.no_grad():
             b = method.branches(views)
             source = b.online if target == "momentum_positive" else b.positive
-            us = [_normalize(z.numpy()) for z in source]
-            online = [_normalize(z.numpy()) for z in b.online]
-            positive = [_normalize(z.numpy()) for z in b.positive]
+            us = [normalize(z.numpy()) for z in source]
+            online = [normalize(z.numpy()) for z in b.online]
+            positive = [normalize(z.numpy()) for z in b.positive]
         fb = sum(u.T @ u for u in us) / (3 * 10)
         F_expected = fb if F_expected is None else 0.8 * F_expected + 0.2 * fb
         loss, _ = method.training_step(views)
