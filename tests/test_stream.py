@@ -417,7 +417,7 @@ def test_shards_train_from_the_command_line(split_folder, tmp_path) -> None:
     res = train(cfg, log=False)
     assert res.step == 2 and res.knn_accuracy is not None
     # `siamgrad eval knn` on the shards run: the trainer's labeled subsets, the same figure
-    from siamgrad.eval.knn import evaluate_checkpoint
+    from siamgrad.eval.checkpoint import evaluate_checkpoint
 
     out = evaluate_checkpoint("knn", str(res.run_dir / "latest.pt"), ["data.workers=0"])
     assert out["knn_top1"] == pytest.approx(res.knn_accuracy, abs=1e-6)

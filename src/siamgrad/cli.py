@@ -1,8 +1,9 @@
 """The ``siamgrad`` command line.
 
     siamgrad train [preset=NAME] [config=FILE] [key=value ...]
-    siamgrad eval knn|linear CHECKPOINT_OR_RUN [key=value ...]
+    siamgrad eval knn|linear|fewshot|finetune CHECKPOINT_OR_RUN [key=value ...] [--split val]
     siamgrad methods
+    siamgrad export RUN [--out FILE] [--format torchvision|timm|state_dict]
     siamgrad analyze RUN                   plots + report.html of a run
     siamgrad analyze gradients CHECKPOINT_OR_RUN   gradient decomposition of every method, one batch
     siamgrad compare RUN RUN ... [--out DIR]
@@ -139,12 +140,29 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=_cmd_presets)
     m = sub.add_parser("methods", help="every method with its unified-gradient form")
     m.set_defaults(func=_cmd_methods)
-    e = sub.add_parser("eval", help="evaluate a checkpoint: kNN or linear probe on frozen features")
-    e.add_argument("protocol", choices=["knn", "linear"])
+    e = sub.add_parser("eval", help="evaluate a checkpoint: kNN, linear probe, few labels, fine-tuning "
+                                    "(docs/evaluation.md); figures go into the run's results.json")
+    e.add_argument("protocol", choices=["knn", "linear", "fewshot", "finetune"])
     e.add_argument("checkpoint", help="a .pt checkpoint or a run folder")
     e.add_argument("settings", nargs="*", metavar="key=value",
-                   help="e.g. data.root=PATH if the data moved, eval.knn_k=20")
+                   help="e.g. data.root=PATH if the data moved, eval.knn_k=20, device=cpu")
+    e.add_argument("--split", choices=["test", "val"], default="test",
+                   help="evaluate on the test split (default) or on a validation split carved from the "
+                        "training images (20%% of every class, seeded), for choosing settings")
+    e.add_argument("--seeds", type=int, help="fewshot: label subsets drawn per fraction (default 3)")
+    e.add_argument("--epochs", type=int, help="finetune: epochs (default 10)")
+    e.add_argument("--no-baselines", action="store_true",
+                   help="skip the random-init encoder (and raw pixels) scored beside the trained one")
     e.set_defaults(func=_cmd_eval)
+    x = sub.add_parser("export", help="the trained backbone's weights alone (safetensors) for torchvision, "
+                                      "timm or siamgrad, with a JSON of architecture and normalization")
+    x.add_argument("run", help="a run folder or a .pt checkpoint")
+    x.add_argument("--out", help="output file (.safetensors, or .pt/.pth) or folder "
+                                 "(default: RUN/export/ARCH-FORMAT.safetensors)")
+    x.add_argument("--format", choices=["torchvision", "timm", "state_dict"],
+                   help="whose model the keys load into (default: torchvision for resnet18/34/50, timm for "
+                        "timm:NAME, state_dict for siamgrad's small/tiny)")
+    x.set_defaults(func=_cmd_export)
     a = sub.add_parser("analyze", help="plots and report.html of a run, or `analyze gradients CKPT`")
     a.add_argument("target", help="a run folder, or the word 'gradients'")
     a.add_argument("more", nargs="*", help="more run folders, or the checkpoint/run for 'gradients' "
@@ -209,9 +227,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(prefix + str(err), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; resume with resume=true and the same run_name", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", None)  # training's Interrupted: it saved and printed how to resume
+        if signum is None:
+            print("interrupted; nothing was saved since the last checkpoint", file=sys.stderr)
+        return 128 + (signum or signal.SIGINT)
 
 
 if __name__ == "__main__":

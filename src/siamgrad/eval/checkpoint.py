@@ -1,0 +1,257 @@
+"""``siamgrad eval knn|linear|fewshot|finetune RUN``: evaluate a run's encoder by one protocol.
+
+The encoder is the online backbone of the run's checkpoint (``latest.pt`` of a run folder, or
+the ``.pt`` given). The labeled sets are the run's dataset: its ``train`` split (at most
+``data.eval_images`` images for streamed data) and ``data.test_split``; ``split="val"``
+evaluates instead on a validation split carved from the training images (20% of every class,
+seeded; :func:`siamgrad.eval.splits.validation_split`), so that settings are chosen without the
+test split. Beside the trained encoder, ``baselines=True`` scores a random-init encoder of the
+same architecture (seeded by the run's seed) and, for the frozen-feature protocols, raw pixels.
+
+Every evaluation is merged into the run folder's ``results.json`` under ``eval`` ->
+``PROTOCOL`` (``PROTOCOL@val`` on the validation split), with the command that reproduces it;
+the report shows them. docs/evaluation.md describes every protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from siamgrad.checkpoint import atomic_write_json, config_for_checkpoint
+from siamgrad.config import Config, uses_cifar_stem
+from siamgrad.data.datasets import ImageDataset, load_dataset
+from siamgrad.errors import ConfigError, DataError
+from siamgrad.eval.features import extract_features, load_backbone, raw_pixel_features
+from siamgrad.eval.fewshot import DEFAULT_FRACTIONS, fewshot_eval
+from siamgrad.eval.finetune import FinetuneSettings, finetune, finetune_augment
+from siamgrad.eval.knn import knn_accuracy
+from siamgrad.eval.linear import linear_probe
+from siamgrad.eval.splits import validation_split
+from siamgrad.models.backbones import build_backbone
+
+PROTOCOLS = ("knn", "linear", "fewshot", "finetune")
+SPLITS = ("test", "val")
+VAL_FRACTION = 0.2
+
+
+def run_folder(checkpoint: str | Path) -> Path:
+    """The run folder of a checkpoint path or run folder."""
+    p = Path(checkpoint).expanduser()
+    return p if p.is_dir() else p.parent
+
+
+def random_init_backbone(cfg: Config) -> nn.Module:
+    """A freshly initialized backbone of the run's architecture (seeded by the run's seed)."""
+    torch.manual_seed(cfg.seed)
+    net, _ = build_backbone(cfg.backbone, cifar_stem=uses_cifar_stem(cfg))
+    return net
+
+
+def labeled_sets(cfg: Config, state: dict) -> tuple[ImageDataset, ImageDataset, int]:
+    """``(train, test, size)``: the run's labeled train and test sets and the encoder's input size."""
+    from siamgrad.data.stream import IMAGEFOLDER_DEFAULT_SIZE, load_train_set, should_stream, stream_eval_sets
+
+    d = cfg.data
+    if d.name == "shards" or should_stream(d):
+        # streamed data (shards, large image folders): the trainer's bounded labeled subsets
+        # (at most data.eval_images per split, class-stratified), decoded at the training size
+        size = int(state.get("image_size") or cfg.augment.size or d.image_size or IMAGEFOLDER_DEFAULT_SIZE)
+        train, test = stream_eval_sets(d, load_train_set(d, cfg.seed), size, seed=cfg.seed)
+        if train is None or test is None:
+            raise DataError(f"{d.name} data at {d.root} has no labeled train and {d.test_split} splits to "
+                            "evaluate on; pack or point data.root to a dataset with class labels and a test split")
+    else:
+        train = load_dataset(d.name, d.root, "train", image_size=d.image_size)
+        test = load_dataset(d.name, d.root, d.test_split, image_size=d.image_size)
+        size = int(state.get("image_size") or train.image_size)
+    if train.labels is None or test.labels is None:
+        which = "train" if train.labels is None else d.test_split
+        raise DataError(f"the {which} split of {d.name} data at {d.root} has no class labels; "
+                        "evaluation needs labeled train and test splits (class subfolders)")
+    return train, test, size
+
+
+def eval_split(train: ImageDataset, test: ImageDataset, split: str, seed: int) -> tuple[ImageDataset, ImageDataset]:
+    """``(train, evaluation set)``: the test split, or a validation split carved from ``train``."""
+    if split == "test":
+        return train, test
+    if split != "val":
+        raise ConfigError(f"split '{split}' is not valid; choose one of: {', '.join(SPLITS)}")
+    tr_idx, val_idx = validation_split(train.labels, VAL_FRACTION, seed)
+    return train.subset(tr_idx), train.subset(val_idx)
+
+
+def merge_results(run_dir: Path, key: str, entry: dict) -> Path:
+    """Put ``entry`` under ``eval`` -> ``key`` of ``run_dir/results.json`` (atomic; other keys kept)."""
+    path = run_dir / "results.json"
+    results: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            loaded = json.loads(path.read_text())
+            results = loaded if isinstance(loaded, dict) else {}
+        except json.JSONDecodeError:  # a damaged file is replaced, not merged
+            results = {}
+    evals = results.get("eval") if isinstance(results.get("eval"), dict) else {}
+    evals[key] = entry
+    results["eval"] = evals
+    atomic_write_json(path, results)
+    return path
+
+
+def _command(protocol: str, checkpoint: str, settings: list[str], split: str, seeds: int | None,
+             epochs: int | None, baselines: bool) -> str:
+    parts = ["siamgrad", "eval", protocol, checkpoint, *settings]
+    if split != "test":
+        parts += ["--split", split]
+    if seeds is not None:
+        parts += ["--seeds", str(seeds)]
+    if epochs is not None:
+        parts += ["--epochs", str(epochs)]
+    if not baselines:
+        parts.append("--no-baselines")
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _device(settings: list[str]) -> torch.device:
+    """``device=`` among the settings, else CUDA when present, else the CPU."""
+    asked = [s.split("=", 1)[1] for s in settings if s.startswith("device=")]
+    if asked and asked[-1] not in ("", "auto"):
+        if asked[-1].startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError("device: cuda was asked for but no GPU is visible; use device=cpu")
+        return torch.device(asked[-1])
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def evaluate_checkpoint(protocol: str, checkpoint: str, settings: list[str] | None = None, *,
+                        split: str = "test", seeds: int | None = None, epochs: int | None = None,
+                        baselines: bool = True, write: bool = True,
+                        say: Callable[[str], None] | None = None) -> dict:
+    """Evaluate a checkpoint's backbone by ``protocol``; the figures as a dict (accuracies in %).
+
+    ``settings`` (``key=value``) override the checkpoint's config, e.g. ``data.root=...`` when the
+    data moved, or ``eval.knn_k=20``. ``seeds``: few-label draws (default 3); ``epochs``:
+    fine-tuning epochs (default 10). With ``write``, the figures are merged into the run's
+    results.json.
+    """
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown evaluation protocol '{protocol}'; choose one of: {', '.join(PROTOCOLS)}")
+    if seeds is not None and seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {seeds}")
+    if epochs is not None and epochs < 1:
+        raise ConfigError(f"--epochs must be at least 1, got {epochs}")
+    settings = list(settings or [])
+    say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    device = _device(settings)
+    backbone, state = load_backbone(checkpoint, device=str(device))
+    cfg = config_for_checkpoint(state, [s for s in settings if not s.startswith("device=")], command=f"eval {protocol}",
+                                applies=("data", "eval", "augment", "seed", "precision", "channels_last", "threads"))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    train_all, test_all, size = labeled_sets(cfg, state)
+    train, test = eval_split(train_all, test_all, split, cfg.seed)
+    mean, std = tuple(state["mean"]), tuple(state["std"])
+    num_classes = len(train_all.classes)
+    t0 = time.monotonic()
+    out: dict[str, Any] = {"checkpoint_step": int(state.get("step", 0)), "split": split,
+                           "train_images": len(train), "eval_images": len(test)}
+
+    encoders: dict[str, nn.Module] = {"trained": backbone}
+    if baselines:
+        encoders["random_init"] = random_init_backbone(cfg).to(device)
+
+    if protocol in ("knn", "linear", "fewshot"):
+        feats = {name: (extract_features(net, train.images, mean, std, size=size, device=device),
+                        extract_features(net, test.images, mean, std, size=size, device=device))
+                 for name, net in encoders.items()}
+        if baselines:
+            feats["raw_pixels"] = (raw_pixel_features(train.images, mean, std), raw_pixel_features(test.images, mean, std))
+        suffix = {"trained": "", "random_init": "_random_init", "raw_pixels": "_raw_pixels"}
+        if protocol == "knn":
+            for name, (ftr, fte) in feats.items():
+                out["knn_top1" + suffix[name]] = knn_accuracy(ftr, train.labels, fte, test.labels, k=cfg.eval.knn_k,
+                                                              temperature=cfg.eval.knn_t, num_classes=num_classes)
+        elif protocol == "linear":
+            for name, (ftr, fte) in feats.items():
+                res = linear_probe(ftr, train.labels, fte, test.labels, num_classes=num_classes,
+                                   max_iter=cfg.eval.linear_epochs, seed=cfg.seed)
+                if name == "trained":
+                    out["linear_train_top1"] = res.train_accuracy
+                out["linear_test_top1" + suffix[name]] = res.test_accuracy
+        else:
+            n_seeds = seeds or 3
+            out["seeds"] = [cfg.seed + i for i in range(n_seeds)]
+            out["fractions"] = list(DEFAULT_FRACTIONS)
+            out["rows"] = fewshot_eval(feats, train.labels, test.labels, fractions=DEFAULT_FRACTIONS,
+                                       seeds=tuple(out["seeds"]), k=cfg.eval.knn_k, temperature=cfg.eval.knn_t,
+                                       num_classes=num_classes)
+    else:
+        s = FinetuneSettings(epochs=epochs or FinetuneSettings.epochs, seed=cfg.seed)
+        aug = finetune_augment(cfg.augment.preset, size, mean, std,
+                               scale=tuple(cfg.augment.scale) if cfg.augment.scale else None)
+        amp = torch.bfloat16 if cfg.precision == "bf16" else None
+        dim = int(extract_features(backbone, train.images[:2], mean, std, size=size, device=device).shape[1])
+        for name, net in encoders.items():
+            say(f"fine-tuning the {name.replace('_', '-')} encoder: {s.epochs} epochs on {len(train)} labeled images")
+            res = finetune(net, dim, train, test, aug, mean=mean, std=std, size=size, settings=s, device=device,
+                           autocast_dtype=amp, channels_last=bool(cfg.channels_last), say=say)
+            if name == "trained":
+                out.update({k: v for k, v in res.items() if k not in ("test_top1", "train_top1")})
+                out["finetune_top1"] = res["test_top1"]
+                out["finetune_train_top1"] = res["train_top1"]
+            else:
+                out["finetune_top1_random_init"] = res["test_top1"]
+        out["augment"] = f"{cfg.augment.preset} preset crop {aug.recipes[0].scale} + flip p={aug.recipes[0].flip_p}, no colour"
+    out["seconds"] = round(time.monotonic() - t0, 1)
+    if write:
+        entry = {"protocol": protocol, "checkpoint": str(Path(checkpoint)),
+                 "command": _command(protocol, checkpoint, settings, split, seeds, epochs, baselines),
+                 "time": time.strftime("%Y-%m-%d %H:%M:%S"), **out}
+        key = protocol if split == "test" else f"{protocol}@{split}"
+        out["results_file"] = str(merge_results(run_folder(checkpoint), key, entry))
+    return out
+
+
+_ENCODER_NAMES = {"trained": "trained", "random_init": "random-init", "raw_pixels": "raw pixels"}
+
+
+def format_fewshot_rows(rows: list[dict]) -> list[str]:
+    """The few-label rows as a text table: one line per (fraction, classifier), encoders as columns."""
+    encoders = list(dict.fromkeys(r["encoder"] for r in rows))
+    header = f"{'labels':<18} {'classifier':<10} " + " ".join(f"{_ENCODER_NAMES.get(e, e):>15}" for e in encoders)
+    lines = [header]
+    keys = list(dict.fromkeys((r["fraction"], r["classifier"]) for r in rows))
+    for frac, clf in keys:
+        cells = {r["encoder"]: r for r in rows if r["fraction"] == frac and r["classifier"] == clf}
+        first = next(iter(cells.values()))
+        what = f"{frac * 100:g}% ({first['labels']}, {first['per_class']}/cl)"
+        lines.append(f"{what:<18} {clf:<10} " + " ".join(
+            f"{cells[e]['mean']:>8.2f} ± {cells[e]['std']:<4.2f}" if e in cells else f"{'':>15}" for e in encoders))
+    return lines
+
+
+def format_result(protocol: str, res: dict) -> str:
+    """What ``siamgrad eval`` prints: ``key: value`` lines (accuracies in %), the few-label table."""
+    lines = []
+    for k, v in res.items():
+        if k in ("rows", "results_file"):
+            continue
+        if isinstance(v, float) and ("top1" in k):
+            lines.append(f"{k}: {v:.2f}%")
+        elif isinstance(v, (list, tuple)):
+            lines.append(f"{k}: {', '.join(map(str, v))}")
+        else:
+            lines.append(f"{k}: {v}")
+    if protocol == "fewshot" and res.get("rows"):
+        lines.append(f"few labels, top-1 on the {res['split']} split (mean ± std over {len(res['seeds'])} seeds):")
+        lines += ["  " + line for line in format_fewshot_rows(res["rows"])]
+    if res.get("results_file"):
+        lines.append(f"written to {res['results_file']} (siamgrad analyze RUN shows it in report.html)")
+    return "\n".join(lines)
