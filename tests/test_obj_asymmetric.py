@@ -113,7 +113,8 @@ def test_directpred_method_f_hat_over_online_projector_outputs() -> None:
     # both views (raw, uncentered), first step = batch F; the loss uses W_p f as the prediction.
     torch.manual_seed(0)
     method = methods.build(
-        "directpred", nn.Sequential(nn.Flatten(), nn.Linear(48, 12)), 12, proj_hidden_dim=16, proj_output_dim=6
+        "directpred", nn.Sequential(nn.Flatten(), nn.Linear(48, 12)), 12, proj_hidden_dim=16, proj_output_dim=6,
+        predictor_update="fixed",  # W_p from this step's F_hat (the trained form: tests/test_fidelity.py)
     ).double()
     opt = torch.optim.SGD(method.parameters(), lr=0.1)
     g = torch.Generator().manual_seed(3)
