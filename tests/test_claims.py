@@ -67,3 +67,77 @@ def test_paired_difference_is_narrower_than_the_unpaired_intervals_suggest():
         stats.paired_difference([1, 2], [1, 2, 3])
     with pytest.raises(ConfigError, match="no values"):
         stats.mean_interval([])
+
+
+# ------------------------------------------------------------------ grids with seeds
+
+
+def _fake_train(store, trained, knn):
+    """Stands in for train with its resume contract: a run folder that finished with the same
+    config returns its result without training; anything else trains (recorded) and finishes."""
+    import siamgrad.train.loop as train_mod
+    from siamgrad.config import to_dict
+
+    def fake(cfg, log=True):
+        folder = Path(cfg.out_dir) / cfg.run_name
+        conf = to_dict(cfg)
+        done = folder / "results.json"
+        if done.is_file():
+            saved = json.loads(done.read_text())
+            assert saved["config"] == conf, f"{cfg.run_name}: resumed with another config"
+        else:
+            trained.append(cfg.run_name)
+            folder.mkdir(parents=True, exist_ok=True)
+            done.write_text(json.dumps({"config": conf}))
+        store[cfg.run_name] = cfg.seed
+        return train_mod.TrainResult(folder, 7, knn(cfg.run_name, cfg.seed), 20.0, 30.0, 42.0)
+
+    return fake
+
+
+def test_seeds_repeat_every_run_and_resume_without_retraining(tmp_path, monkeypatch):
+    import siamgrad.train.loop as train_mod
+
+    seeds_seen, trained = {}, []
+    knn = lambda name, seed: 40.0 + seed ** 2 + (3.0 if name.startswith("b") else 0.0)  # noqa: E731
+    monkeypatch.setattr(train_mod, "train", _fake_train(seeds_seen, trained, knn))
+    exp = reproduce.Experiment("toy", sizes={"cpu": TINY}, runs=[("a", ["method=simclr"]), ("b", ["method=byol"])],
+                               hue=["method"])
+    monkeypatch.setitem(reproduce.EXPERIMENTS, "toy_seeds", exp)
+    md = reproduce.run_experiment("toy_seeds", ["seeds=2"], out_dir=str(tmp_path), log=False)
+    assert trained == ["a-s0", "b-s0", "a-s1", "b-s1"]  # every run of seed 0 first
+    assert seeds_seen == {"a-s0": 0, "b-s0": 0, "a-s1": 1, "b-s1": 1}
+    # one more seed: only the new runs train, the finished ones are reused with the same config
+    md = reproduce.run_experiment("toy_seeds", ["seeds=3"], out_dir=str(tmp_path), log=False)
+    assert trained == ["a-s0", "b-s0", "a-s1", "b-s1", "a-s2", "b-s2"]
+    rows = list(csv.DictReader(open(md.parent / "results.csv")))
+    assert [(r["run"], r["seed"]) for r in rows] == [(x, str(k)) for k in range(3) for x in ("a", "b")]
+    summary = {r["run"]: r for r in csv.DictReader(open(md.parent / "results_seeds.csv"))}
+    for name in ("a", "b"):
+        iv = stats.mean_interval([knn(name, k) for k in range(3)])
+        s = summary[name]
+        assert s["seeds"] == "3" and float(s["knn_top1"]) == pytest.approx(iv.mean)
+        assert (float(s["knn_top1_low"]), float(s["knn_top1_high"])) == pytest.approx((iv.low, iv.high))
+    text = md.read_text()
+    assert "siamgrad reproduce toy_seeds size=cpu seeds=3" in text and "Over seeds" in text
+    iv = stats.mean_interval([knn("a", k) for k in range(3)])
+    assert f"| a | simclr | 3 | {iv.mean:.2f} ± {iv.half_width:.2f} [{iv.low:.2f}, {iv.high:.2f}] |" in text
+    assert (md.parent / "results.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ConfigError, match="seed= and seeds= together"):
+        reproduce.run_experiment("toy_seeds", ["seeds=2", "seed=4"], out_dir=str(tmp_path), log=False)
+    with pytest.raises(ConfigError, match="seeds=0 is not a positive whole number"):
+        reproduce.run_experiment("toy_seeds", ["seeds=0"], out_dir=str(tmp_path), log=False)
+
+
+def test_seeds_with_real_training_reuse_finished_runs(tmp_path, monkeypatch):
+    """Two seeds of one tiny run on the digits: different draws, and a rerun leaves both as they were."""
+    exp = reproduce.Experiment("toy", sizes={"cpu": [*TINY, "data.fraction=0.5"]}, runs=[("a", ["method=simclr"])])
+    monkeypatch.setitem(reproduce.EXPERIMENTS, "toy_real", exp)
+    md = reproduce.run_experiment("toy_real", ["seeds=2"], out_dir=str(tmp_path), log=False)
+    import torch
+
+    w = [torch.load(md.parent / f"a-s{k}" / "latest.pt", weights_only=True) for k in (0, 1)]
+    assert w[0]["config"]["seed"] == 0 and w[1]["config"]["seed"] == 1
+    stamps = [(md.parent / f"a-s{k}" / "latest.pt").stat().st_mtime_ns for k in (0, 1)]
+    reproduce.run_experiment("toy_real", ["seeds=2"], out_dir=str(tmp_path), log=False)
+    assert [(md.parent / f"a-s{k}" / "latest.pt").stat().st_mtime_ns for k in (0, 1)] == stamps

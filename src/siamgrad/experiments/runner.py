@@ -1,6 +1,6 @@
 """Experiments from the seed papers, each a grid of runs from one command.
 
-    siamgrad reproduce NAME [size=cpu|paper|...] [only=RUN,RUN] [key=value ...] [--out DIR]
+    siamgrad reproduce NAME [size=cpu|paper|...] [only=RUN,RUN] [seeds=K] [key=value ...] [--out DIR]
     siamgrad reproduce list
 
 Every experiment has a ``cpu`` size (the shared CIFAR-10 subset or the embedded digits, designed to
@@ -10,6 +10,13 @@ GPU); some have more (``paper_stl10``). Each run of the grid is an ordinary ``si
 continues where it stopped. Settings given on the command line apply to every run (after the
 grid's own); ``only=a,b`` trains only the runs labelled ``a`` and ``b``. The results are collected into ``results.csv``, ``results.md`` and ``results.png`` in
 ``OUT/NAME-SIZE`` (rewritten after every run, so a grid in progress can be read).
+
+``seeds=K`` repeats every run with ``seed=0..K-1`` (the initialization, the data order and the
+augmentation draws) in ``OUT/NAME-SIZE/LABEL-sK``, all runs of seed 0 first; finished runs are
+reused as without it. The table then has a ``seed`` column, and ``results_seeds.csv`` (and a
+second table in ``results.md``) gives per run the number of seeds that finished, the mean kNN top-1
+and its 95% Student-t interval over the seeds (:mod:`siamgrad.experiments.stats`); the plot shows
+the means with those intervals.
 
 Table columns: ``run``, ``method``, then the settings the grid varies (the resolved values, e.g.
 ``target=auto`` is shown as the branch it picked; blank where the option does not belong to the
@@ -49,6 +56,7 @@ from typing import Any
 
 from siamgrad.checkpoint import atomic_write_bytes, atomic_write_text
 from siamgrad.errors import ConfigError, TrainingError
+from siamgrad.experiments.stats import mean_interval
 
 # the shared CIFAR-10 subset beside the repository (override with data.root=...)
 SUBSET = str(Path(__file__).resolve().parents[4] / "shared" / "data" / "cifar10-subset")
@@ -322,6 +330,22 @@ def _split_size(settings: list[str]) -> tuple[str, list[str]]:
     return size, rest
 
 
+def _split_seeds(settings: list[str]) -> tuple[int | None, list[str]]:
+    """``seeds=K``: repeat every run with seeds 0..K-1 (``None`` when absent)."""
+    seeds, rest = None, []
+    for s in settings:
+        if s.startswith("seeds="):
+            v = s.partition("=")[2].strip()
+            if not v.isdigit() or int(v) < 1:
+                raise ConfigError(f"seeds={v} is not a positive whole number; give e.g. seeds=3")
+            seeds = int(v)
+        else:
+            rest.append(s)
+    if seeds is not None and "seed" in setting_keys(rest):
+        raise ConfigError("seed= and seeds= together; seeds=K already sets seed=0..K-1, drop seed=")
+    return seeds, rest
+
+
 def _split_only(settings: list[str]) -> tuple[list[str] | None, list[str]]:
     """``only=a,b``: the labels of the runs to train (all when absent)."""
     only, rest = None, []
@@ -450,19 +474,23 @@ def full_train_knn(run_dir: Path, step: int) -> float | None:
 
 
 def run_experiment(name: str, settings: list[str] | None = None, out_dir: str = "runs/reproduce",
-                   log: bool = True) -> Path:
+                   log: bool = True, exp: Experiment | None = None) -> Path:
     """Run (or continue) the grid ``name``; return the path of its ``results.md``.
 
-    ``settings``: ``size=...`` and ``key=value`` settings applied to every run after the grid's own.
+    ``settings``: ``size=...``, ``only=...``, ``seeds=K`` and ``key=value`` settings applied to every
+    run after the grid's own. ``exp``: a grid that is not in :data:`EXPERIMENTS` (e.g. one of the
+    claims' own grids), run under ``name``.
     """
     from siamgrad.config import build_config
     from siamgrad.train.loop import train
 
-    if name not in EXPERIMENTS:
-        raise ConfigError(f"unknown experiment '{name}'; choose one of: {', '.join(available())}")
-    exp = EXPERIMENTS[name]
+    if exp is None:
+        if name not in EXPERIMENTS:
+            raise ConfigError(f"unknown experiment '{name}'; choose one of: {', '.join(available())}")
+        exp = EXPERIMENTS[name]
     size, extra = _split_size(list(settings or []))
-    only, run_extra = _split_only(extra)  # extra keeps only= for the command shown in results.md
+    seeds, rest = _split_seeds(extra)
+    only, run_extra = _split_only(rest)  # extra keeps only= and seeds= for the command shown in results.md
     if size not in exp.sizes:
         raise ConfigError(f"size={size} is not valid for '{name}'; choose one of: {', '.join(exp.sizes)}")
     runs = exp.runs_for(size)
@@ -476,15 +504,20 @@ def run_experiment(name: str, settings: list[str] | None = None, out_dir: str = 
     keys = varied_columns(exp, size)
     root = Path(out_dir) / f"{name}-{size}"
     rows: list[dict] = []
-    for label, run_settings in runs:
-        run_dir = root / label
+    # with seeds: every run of seed 0, then of seed 1, ... (an early complete first pass)
+    plan = ([(label, label, s, None) for label, s in runs] if seeds is None else
+            [(f"{label}-s{k}", label, [*s, f"seed={k}"], k) for k in range(seeds) for label, s in runs])
+    for folder, label, run_settings, seed in plan:
+        run_dir = root / folder
         timing = run_dir / "timing.json"
         cfg = build_config([*exp.sizes[size], *run_settings, *run_extra,
-                            f"out_dir={root}", f"run_name={label}", "progress=false"])
+                            f"out_dir={root}", f"run_name={folder}", "progress=false"])
         row: dict[str, Any] = {"run": label, "method": cfg.method.get("name")}
+        if seed is not None:
+            row["seed"] = seed
         row.update({column_name(k, keys): setting_value(cfg, k) for k in keys})
         if log:
-            print(f"[{name}/{size}] {label} ...", flush=True)
+            print(f"[{name}/{size}] {folder} ...", flush=True)
         t0, c0 = time.monotonic(), _cpu_seconds()
         try:
             result = train(cfg, log=False)
@@ -498,8 +531,8 @@ def run_experiment(name: str, settings: list[str] | None = None, out_dir: str = 
                 row["knn_full_train"] = None
             rows.append(_order(row, keys, exp))
             if log:
-                print(f"[{name}/{size}] {label}: failed ({first})", flush=True)
-            _write_results(root, name, size, exp, rows, extra, len(runs))
+                print(f"[{name}/{size}] {folder}: failed ({first})", flush=True)
+            _write_results(root, name, size, exp, rows, extra, len(plan))
             continue
         if not timing.exists() or result.step != json.loads(timing.read_text()).get("step"):
             atomic_write_text(timing, json.dumps({"seconds": time.monotonic() - t0,
@@ -517,11 +550,11 @@ def run_experiment(name: str, settings: list[str] | None = None, out_dir: str = 
         if log:
             knn = row["knn_top1"]
             shown = "n/a" if knn is None else f"{knn:.2f}%"
-            print(f"[{name}/{size}] {label}: kNN {shown} ({row['minutes']:.1f} min)", flush=True)
-        _write_results(root, name, size, exp, rows, extra, len(runs))
+            print(f"[{name}/{size}] {folder}: kNN {shown} ({row['minutes']:.1f} min)", flush=True)
+        _write_results(root, name, size, exp, rows, extra, len(plan))
     if not rows:
         raise ConfigError(f"experiment '{name}' has no runs for size={size}")
-    return _write_results(root, name, size, exp, rows, extra, len(runs))
+    return _write_results(root, name, size, exp, rows, extra, len(plan))
 
 
 _RESULT_COLUMNS = ["knn_top1", "best_knn_top1", "knn_full_train", "random_init_knn", "raw_pixel_knn", "eff_rank",
@@ -529,7 +562,7 @@ _RESULT_COLUMNS = ["knn_top1", "best_knn_top1", "knn_full_train", "random_init_k
 
 
 def _order(row: dict, keys: list[str], exp: Experiment) -> dict:
-    cols = ["run", "method", *(column_name(k, keys) for k in keys)]
+    cols = ["run", *(["seed"] if "seed" in row else []), "method", *(column_name(k, keys) for k in keys)]
     cols += [c for c in _RESULT_COLUMNS if c != "knn_full_train" or exp.full_train_knn]
     return {c: row.get(c) for c in cols}
 
@@ -548,27 +581,88 @@ def _fmt(v: Any) -> str:
     return "" if v is None else str(v)
 
 
-def _write_results(root: Path, name: str, size: str, exp: Experiment, rows: list[dict],
-                   extra: list[str], total: int) -> Path:
-    """Write results.csv/.md/.png of ``rows``; ``total``: the runs this invocation trains."""
+_SEED_METRICS = ("knn_top1", "knn_full_train")
+
+
+def seed_summary(rows: list[dict]) -> list[dict]:
+    """One row per run label (first-seen order) of a grid run with ``seeds=K``.
+
+    The label's settings columns, ``seeds`` (how many finished with status ``ok``), and for
+    ``knn_top1`` (and ``knn_full_train`` where the grid has it) the mean over those seeds with its
+    95% Student-t interval as ``METRIC``, ``METRIC_low``, ``METRIC_high`` (the bounds blank below 2
+    seeds), and the means of ``random_init_knn``, ``raw_pixel_knn`` and ``minutes``.
+    """
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["run"], []).append(r)
+    skip = {*_RESULT_COLUMNS, "seed"}
+    out = []
+    for label, rs in groups.items():
+        s = {c: v for c, v in rs[0].items() if c not in skip}
+        ok = [r for r in rs if r.get("status") == "ok"]
+        s["seeds"] = len(ok)
+        for m in (m for m in _SEED_METRICS if m in rs[0]):
+            vals = [float(r[m]) for r in ok if isinstance(r.get(m), (int, float)) and math.isfinite(r[m])]
+            iv = mean_interval(vals) if vals else None
+            s[m] = None if iv is None else iv.mean
+            s[f"{m}_low"] = None if iv is None or iv.n < 2 else iv.low
+            s[f"{m}_high"] = None if iv is None or iv.n < 2 else iv.high
+        for c in ("random_init_knn", "raw_pixel_knn", "minutes"):  # means of the seeds that have them
+            vals = [float(r[c]) for r in ok if isinstance(r.get(c), (int, float))]
+            s[c] = sum(vals) / len(vals) if vals else None
+        out.append(s)
+    return out
+
+
+def _ci_cell(s: dict, m: str) -> str:
+    """``mean ± half-width [low, high]``, or the mean alone below 2 seeds."""
+    if s.get(m) is None:
+        return ""
+    if s.get(f"{m}_low") is None:
+        return _fmt(s[m])
+    lo, hi = s[f"{m}_low"], s[f"{m}_high"]
+    return f"{_fmt(s[m])} ± {_fmt((hi - lo) / 2)} [{_fmt(lo)}, {_fmt(hi)}]"
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
     cols = list(rows[0].keys())
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols)
     w.writeheader()
     w.writerows([{c: ("" if r[c] is None else r[c]) for c in cols} for r in rows])
-    atomic_write_text(root / "results.csv", buf.getvalue())
+    atomic_write_text(path, buf.getvalue())
+
+
+def _write_results(root: Path, name: str, size: str, exp: Experiment, rows: list[dict],
+                   extra: list[str], total: int) -> Path:
+    """Write results.csv/.md/.png of ``rows``; ``total``: the runs this invocation trains."""
+    cols = list(rows[0].keys())
+    _write_csv(root / "results.csv", rows)
+    summary = seed_summary(rows) if "seed" in cols else None
+    if summary:
+        _write_csv(root / "results_seeds.csv", summary)
     cmd = " ".join(["siamgrad reproduce", name, f"size={size}", *extra])
     done = len(rows)
     md = [f"# {name} ({size})", "", exp.description, "", f"Command: `{cmd}`", "",
           "Shared settings: `" + " ".join(exp.sizes[size]) + "`", ""]
     if done < total:
         md += [f"In progress: {done} of {total} runs.", ""]
+    if summary:
+        metrics = [m for m in _SEED_METRICS if m in summary[0]]
+        after = ["random_init_knn", "raw_pixel_knn", "minutes"]
+        scols = [c for c in summary[0] if c not in (*metrics, *after) and not c.endswith(("_low", "_high"))]
+        md += ["Over seeds (mean ± half-width [95% Student-t interval]):", "",
+               "| " + " | ".join([*scols, *metrics, *after]) + " |",
+               "|" + "---|" * (len(scols) + len(metrics) + len(after))]
+        md += ["| " + " | ".join([*(_fmt(s[c]) for c in scols), *(_ci_cell(s, m) for m in metrics),
+                                  *(_fmt(s[c]) for c in after)]) + " |" for s in summary]
+        md += ["", "Every run and seed:", ""]
     md += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     md += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
     if exp.paper:
         md += ["", f"Paper: {exp.paper}"]
     atomic_write_text(root / "results.md", "\n".join(md) + "\n")
-    _plot(root / "results.png", name, size, exp, rows)
+    _plot(root / "results.png", name, size, exp, summary or rows)
     return root / "results.md"
 
 
@@ -592,6 +686,10 @@ def _plot(path: Path, name: str, size: str, exp: Experiment, rows: list[dict]) -
         v = r.get("knn_top1")
         return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else float("nan")
 
+    def err(r: dict) -> float:  # half-width of the seeds' interval (summary rows), else none
+        lo, hi = r.get("knn_top1_low"), r.get("knn_top1_high")
+        return (hi - lo) / 2 if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) else 0.0
+
     if exp.x and any(exp.x in r for r in rows):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         xs = [r.get(exp.x) for r in rows]
@@ -601,8 +699,9 @@ def _plot(path: Path, name: str, size: str, exp: Experiment, rows: list[dict]) -
         for r in rows:
             groups.setdefault(_group(r, exp.hue), []).append(r)
         for label, rs in groups.items():
-            pts = sorted(((ticks.index(r.get(exp.x)), acc(r)) for r in rs), key=lambda p: p[0])
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+            pts = sorted(((ticks.index(r.get(exp.x)), acc(r), err(r)) for r in rs), key=lambda p: p[0])
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o",
+                        capsize=3, label=label)
         ax.set_xticks(range(len(ticks)), [_fmt(t) for t in ticks])
         ax.set_xlabel(exp.x)
         legend_loc = "best"
@@ -614,7 +713,7 @@ def _plot(path: Path, name: str, size: str, exp: Experiment, rows: list[dict]) -
             names = list(dict.fromkeys(_group(r, exp.hue) for r in rows))
             cmap = plt.get_cmap("tab10")
             colors = [cmap(names.index(_group(r, exp.hue)) % 10) for r in rows]
-        ax.bar(labels, [acc(r) for r in rows], color=colors or "tab:blue")
+        ax.bar(labels, [acc(r) for r in rows], yerr=[err(r) for r in rows], capsize=3, color=colors or "tab:blue")
         plt.setp(ax.get_xticklabels(), rotation=35, ha="right")
         legend_loc = "lower right"
     for ref, style, text in (("random_init_knn", "--", "random init"), ("raw_pixel_knn", ":", "raw pixels")):
