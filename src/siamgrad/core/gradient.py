@@ -27,7 +27,6 @@ The moving average of ``F`` that UniGrad and DirectPred keep is method state
 from __future__ import annotations
 
 import contextlib
-import itertools
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -46,7 +45,6 @@ __all__ = [
     "upcast",
     "float32",
     "ordered_pairs",
-    "unordered_pairs",
     "batch_correlation",
 ]
 
@@ -116,11 +114,6 @@ def float32(device: torch.device | str) -> Iterator[None]:
 def ordered_pairs(m: int) -> list[tuple[int, int]]:
     """All ordered view pairs ``(a, b)``, ``a != b``: anchor view ``a``, target view ``b``."""
     return [(a, b) for a in range(m) for b in range(m) if a != b]
-
-
-def unordered_pairs(m: int) -> list[tuple[int, int]]:
-    """All unordered view pairs ``(a, b)`` with ``a < b``."""
-    return list(itertools.combinations(range(m), 2))
 
 
 @torch.no_grad()
