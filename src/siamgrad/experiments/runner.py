@@ -678,9 +678,7 @@ def _group(row: dict, hue: list[str]) -> str:
 
 def _plot(path: Path, name: str, size: str, exp: Experiment, rows: list[dict]) -> None:
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the global backend stays the caller's
 
     def acc(r: dict) -> float:
         v = r.get("knn_top1")
@@ -691,7 +689,8 @@ def _plot(path: Path, name: str, size: str, exp: Experiment, rows: list[dict]) -
         return (hi - lo) / 2 if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) else 0.0
 
     if exp.x and any(exp.x in r for r in rows):
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fig = Figure(figsize=(7, 4.5))
+        ax = fig.subplots()
         xs = [r.get(exp.x) for r in rows]
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in xs)
         ticks = sorted(set(xs)) if numeric else list(dict.fromkeys(xs))
@@ -706,15 +705,18 @@ def _plot(path: Path, name: str, size: str, exp: Experiment, rows: list[dict]) -
         ax.set_xlabel(exp.x)
         legend_loc = "best"
     else:
-        fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(rows)), 4.5))
+        fig = Figure(figsize=(max(6, 0.7 * len(rows)), 4.5))
+        ax = fig.subplots()
         labels = [r["run"] for r in rows]
         colors = None
         if exp.hue:
             names = list(dict.fromkeys(_group(r, exp.hue) for r in rows))
-            cmap = plt.get_cmap("tab10")
+            cmap = matplotlib.colormaps["tab10"]
             colors = [cmap(names.index(_group(r, exp.hue)) % 10) for r in rows]
         ax.bar(labels, [acc(r) for r in rows], yerr=[err(r) for r in rows], capsize=3, color=colors or "tab:blue")
-        plt.setp(ax.get_xticklabels(), rotation=35, ha="right")
+        for tick in ax.get_xticklabels():
+            tick.set_rotation(35)
+            tick.set_horizontalalignment("right")
         legend_loc = "lower right"
     for ref, style, text in (("random_init_knn", "--", "random init"), ("raw_pixel_knn", ":", "raw pixels")):
         v = next((r.get(ref) for r in rows if r.get(ref) is not None), None)
@@ -727,5 +729,4 @@ def _plot(path: Path, name: str, size: str, exp: Experiment, rows: list[dict]) -
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
     atomic_write_bytes(path, lambda f: f.write(buf.getvalue()))
