@@ -198,8 +198,8 @@ _NO_COLOR = dict(jitter_p=0.0, gray_p=0.0, blur_p=0.0, solarize_p=0.0)
 
 #: Named recipes; a preset lists the recipes that views cycle through.
 PRESETS: dict[str, list[ViewRecipe]] = {
-    # SimCLR / UniGrad reference (DESIGN.md section 3): crop 0.2-1, jitter 0.4/0.4/0.4/0.1 p 0.8,
-    # gray 0.2, blur p 0.5, flip.
+    # SimCLR / UniGrad reference pretraining (UniGrad, arXiv 2112.05141): crop 0.2-1, jitter
+    # 0.4/0.4/0.4/0.1 p 0.8, gray 0.2, blur p 0.5, flip.
     "simclr": [_recipe()],
     # BYOL: asymmetric views; view 1 always blurred, view 2 rarely blurred and sometimes solarized.
     "byol": [
