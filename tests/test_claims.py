@@ -141,3 +141,138 @@ def test_seeds_with_real_training_reuse_finished_runs(tmp_path, monkeypatch):
     stamps = [(md.parent / f"a-s{k}" / "latest.pt").stat().st_mtime_ns for k in (0, 1)]
     reproduce.run_experiment("toy_real", ["seeds=2"], out_dir=str(tmp_path), log=False)
     assert [(md.parent / f"a-s{k}" / "latest.pt").stat().st_mtime_ns for k in (0, 1)] == stamps
+
+
+# ------------------------------------------------------------------ claims and verdicts
+
+from siamgrad.experiments import claims as C  # noqa: E402
+
+
+def _iv(lo, hi):
+    return stats.Interval((lo + hi) / 2, lo, hi, 3, 1.0)
+
+
+def test_verdict_follows_from_the_interval_and_the_tolerance():
+    v = C.verdict
+    assert v("alike", _iv(-0.4, 0.8), 1.0) == C.HOLDS  # inside [-1, 1]
+    assert v("alike", _iv(1.2, 3.0), 1.0) == C.FAILS  # wholly above 1
+    assert v("alike", _iv(-3.0, -1.1), 1.0) == C.FAILS  # wholly below -1
+    assert v("alike", _iv(0.5, 1.5), 1.0) == C.INCONCLUSIVE  # straddles 1
+    assert v("greater", _iv(0.2, 2.0), 0.0) == C.HOLDS
+    assert v("greater", _iv(-2.0, -0.1), 0.0) == C.FAILS
+    assert v("greater", _iv(-0.5, 2.0), 0.0) == C.INCONCLUSIVE
+    assert v("greater", _iv(-0.8, 0.5), -1.0) == C.HOLDS  # "at least as well, within 1 point"
+    assert v("at_most", _iv(3.0, 9.0), 12.8) == C.HOLDS and v("at_most", _iv(14, 20), 12.8) == C.FAILS
+    assert v("at_most", _iv(10, 15), 12.8) == C.INCONCLUSIVE
+    assert v("at_least", _iv(0.9, 0.95), 0.9) == C.HOLDS and v("at_least", _iv(0.5, 0.8), 0.9) == C.FAILS
+    assert C.combine([C.HOLDS, C.HOLDS]) == C.HOLDS
+    assert C.combine([C.HOLDS, C.INCONCLUSIVE]) == C.INCONCLUSIVE
+    assert C.combine([C.INCONCLUSIVE, C.FAILS, C.HOLDS]) == C.FAILS
+    assert C.combine([C.HOLDS, C.NOT_MEASURED]) == C.NOT_MEASURED and C.combine([]) == C.NOT_MEASURED
+
+
+def _results(values):
+    """(grid, run) -> {seed: row} from {run: [value per seed]} in grid 'g'."""
+    return {("g", run): {k: {"knn_top1": str(x)} for k, x in enumerate(xs)} for run, xs in values.items()}
+
+
+def test_contrast_numbers_and_verdicts_from_runs():
+    a, b, c = [40.1, 38.0, 39.3], [39.9, 37.6, 39.4], [36.0, 35.1, 34.0]
+    res = _results({"a": a, "b": b, "c": c})
+    # a - b: paired differences 0.2, 0.4, -0.1 -> mean 0.1667; the interval is the paired one
+    r = C.evaluate_contrast(C.Contrast("g", "a", "b", "alike", 1.0), res)
+    d = stats.paired_difference(a, b)
+    assert (r.interval.mean, r.interval.low, r.interval.high) == pytest.approx((d.mean, d.low, d.high))
+    assert r.seeds == [0, 1, 2] and r.verdict == (C.HOLDS if -1 <= d.low and d.high <= 1 else C.INCONCLUSIVE)
+    assert r.verdict == C.HOLDS  # differences 0.2, 0.4, -0.1: [-0.45, 0.79]
+    assert C.evaluate_contrast(C.Contrast("g", "a", "c", "alike", 1.0), res).verdict == C.FAILS  # 4 points apart
+    assert C.evaluate_contrast(C.Contrast("g", "a", "c", "greater", 0.0), res).verdict == C.HOLDS
+    noisy = _results({"x": [40.0, 35.0, 41.0], "y": [38.0, 38.0, 38.0]})
+    assert C.evaluate_contrast(C.Contrast("g", "x", "y", "greater", 0.0), noisy).verdict == C.INCONCLUSIVE
+    # the paired seeds only: a seed one run lacks (or failed) is left out, below 3 -> not measured
+    del res[("g", "b")][2]
+    r = C.evaluate_contrast(C.Contrast("g", "a", "b", "alike", 1.0), res)
+    assert r.seeds == [0, 1] and r.verdict == C.NOT_MEASURED and r.interval.n == 2
+    assert C.evaluate_contrast(C.Contrast("g", "a", "nope", "alike", 1.0), res).verdict == C.NOT_MEASURED
+    # a ratio: the geometric mean of a / b with the interval of the log ratios, back from logs
+    r = C.evaluate_contrast(C.Contrast("g", "a", "c", "greater", 1.05, ratio=True), _results({"a": a, "c": c}))
+    logs = stats.mean_interval([math.log(x / y) for x, y in zip(a, c)])
+    assert (r.interval.mean, r.interval.low, r.interval.high) == pytest.approx(
+        (math.exp(logs.mean), math.exp(logs.low), math.exp(logs.high)))
+    with pytest.raises(ConfigError, match="kind 'bigger'"):
+        C.Contrast("g", "a", "b", "bigger")
+    with pytest.raises(ConfigError, match="compare two runs"):
+        C.Contrast("g", "a", None, "alike")
+
+
+def test_the_registry_names_runs_the_grids_have():
+    from siamgrad.config import build_config
+
+    assert [cl.key for cl in C.CLAIMS] == list("abcdefghijklmno")
+    for cl in C.CLAIMS:
+        assert cl.statement and cl.paper_figure and cl.source and cl.paper and cl.note
+        for c in cl.contrasts:
+            for g, label in c.runs():
+                exp = C.grid(g)
+                runs = dict(exp.runs_for("cpu"))
+                assert label in runs, (cl.key, g, label)
+    for name, exp in C.CLAIM_GRIDS.items():
+        assert name not in reproduce.EXPERIMENTS
+        for size, base in exp.sizes.items():
+            for _, s in exp.runs_for(size):
+                build_config([*base, *s])
+    # the contrasts read the runs the statements speak of
+    assert build_config([*C.CLAIM_GRIDS["claims_collapse"].sizes["cpu"],
+                         *dict(C.CLAIM_GRIDS["claims_collapse"].runs)["byol-no_predictor"]]).method["pred_layers"] == 0
+
+
+def test_reproduce_claims_trains_what_they_need_and_writes_the_verdicts(tmp_path, monkeypatch):
+    import siamgrad.train.loop as train_mod
+
+    seen, trained = {}, []
+    gain = {"good": 3.0, "same": 0.1, "base": 0.0, "spare": 9.0}
+    knn = lambda name, seed: 40.0 + gain[name.rsplit("-s", 1)[0]] + 0.5 * seed  # noqa: E731
+    monkeypatch.setattr(train_mod, "train", _fake_train(seen, trained, knn))
+    exp = reproduce.Experiment("toy", sizes={"cpu": TINY},
+                               runs=[("base", ["method=simclr"]), ("good", ["method=byol"]),
+                                     ("same", ["method=moco"]), ("spare", ["method=vicreg"])])
+    monkeypatch.setitem(reproduce.EXPERIMENTS, "toy_claims", exp)
+    claims = [
+        C.Claim("x", "P", "good beats base", (C.Contrast("toy_claims", "good", "base", "greater", 1.0),), "fig", "T1", "n"),
+        C.Claim("y", "P", "same is like base", (C.Contrast("toy_claims", "same", "base", "alike", 1.0),), "fig", "T2", "n"),
+        C.Claim("z", "P", "base beats good", (C.Contrast("toy_claims", "base", "good", "greater", 0.0),), "fig", "T3", "n"),
+        C.Claim("w", "P", "no data yet", (), "fig", "T4", "n"),
+    ]
+    doc = tmp_path / "claims.md"
+    out = str(tmp_path / "runs")
+    path = C.run_claims(["size=cpu", "seeds=3", f"doc={doc}"], out_dir=out, log=False, claims=claims)
+    assert path == doc
+    assert sorted(trained) == sorted(f"{r}-s{k}" for r in ("base", "good", "same") for k in range(3))  # no 'spare'
+    text = doc.read_text()
+    row = {line.split(")")[0][3:]: line for line in text.splitlines() if line.startswith("| (")}
+    assert "| holds | 3 |" in row["x"] and "| holds | 3 |" in row["y"] and "| fails | 3 |" in row["z"]
+    assert "not measured" in row["w"]
+    assert "+3.00 [+3.00, +3.00] (n=3)" in row["x"]  # the seeds move both runs alike: a constant difference
+    assert "siamgrad reproduce toy_claims size=cpu seeds=3 only=good,base" in text
+    # again: everything is reused, nothing retrains
+    n = len(trained)
+    C.run_claims(["size=cpu", "seeds=3", f"doc={doc}"], out_dir=out, log=False, claims=claims)
+    assert len(trained) == n
+    # train=false reads what is there and trains nothing
+    C.run_claims(["size=cpu", "seeds=1", f"doc={doc}", "train=false"], out_dir=out, log=False, claims=claims)
+    assert len(trained) == n and "| holds | 3 |" in doc.read_text()
+    # one seed per run: every verdict waits for 3
+    one = {k: {0: v[0]} for k, v in C.load_results(out, "cpu", ["toy_claims"]).items()}
+    text = C.report(C.evaluate(claims, one), "cpu", 3, C.claim_runs(claims))
+    assert text.count("| not yet measured at 3 seeds | 1 |") == 3 and "+3.00 (1 seed)" in text
+    with pytest.raises(ConfigError, match="only= does not apply"):
+        C.run_claims(["only=a"], out_dir=out, log=False, claims=claims)
+
+
+def test_cli_reproduce_claims_is_wired(tmp_path, monkeypatch):
+    from siamgrad import cli
+
+    calls = []
+    monkeypatch.setattr(C, "run_claims", lambda settings, out_dir: calls.append((settings, out_dir)) or Path("x"))
+    assert cli.main(["reproduce", "claims", "size=cpu", "train=false", "--out", str(tmp_path)]) == 0
+    assert calls == [(["size=cpu", "train=false"], str(tmp_path))]

@@ -7,7 +7,8 @@
     siamgrad analyze RUN                   plots + report.html of a run
     siamgrad analyze gradients CHECKPOINT_OR_RUN   gradient decomposition of every method, one batch
     siamgrad compare RUN RUN ... [--out DIR]
-    siamgrad reproduce NAME [size=cpu|paper] [only=RUN,RUN] [key=value ...]
+    siamgrad reproduce NAME [size=cpu|paper] [only=RUN,RUN] [seeds=K] [key=value ...]
+    siamgrad reproduce claims [size=cpu] [seeds=3] [train=false] [doc=docs/claims.md]
     siamgrad config [key=value ...]        print the resolved config
     siamgrad presets                       list the YAML presets
     siamgrad data pack SRC DST [--shard-size N] [--no-shuffle] [--seed S] [--verify] [--overwrite]
@@ -109,6 +110,12 @@ def _cmd_reproduce(args) -> int:
         for name in reproduce.available():
             exp = reproduce.EXPERIMENTS[name]
             print(f"{name:<18} {exp.description} (sizes: {', '.join(exp.sizes)})")
+        print(f"{'claims':<18} train what the seed papers' claims need and write their verdicts (docs/claims.md)")
+        return 0
+    if args.name == "claims":
+        from siamgrad.experiments.claims import run_claims
+
+        print(run_claims(args.settings, out_dir=args.out))
         return 0
     print(reproduce.run_experiment(args.name, args.settings, out_dir=args.out))
     return 0

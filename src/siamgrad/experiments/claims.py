@@ -1,0 +1,452 @@
+"""The seed papers' claims as data, each tested on named runs of a grid, with a verdict.
+
+    siamgrad reproduce claims [size=cpu] [seeds=3] [train=false] [doc=docs/claims.md] [key=value ...]
+
+A :class:`Claim` is a statement of a paper (UniGrad, DirectPred, arXiv 2312.10725) with the paper's
+own figure and where it stands, and one or more :class:`Contrast` s: a metric of run ``a`` of a
+grid against run ``b`` (the per-seed difference ``a - b``, or the ratio ``a / b``, paired over the
+seeds both finished) or against a fixed value (``b`` empty), with a tolerance and a kind:
+
+* ``alike``: ``|a - b| <= tol``. Holds when the whole 95% interval lies in ``[-tol, tol]``, fails
+  when it lies wholly outside, inconclusive when it straddles ``-tol`` or ``tol``.
+* ``greater``: ``a - b > tol`` (``tol`` may be negative: "at least as well, within ``-tol``").
+  Holds when the interval lies above ``tol``, fails when below, inconclusive when it contains it.
+* ``at_most`` / ``at_least``: the same against a fixed value, for one run's metric (``b`` empty).
+
+A claim holds when every contrast holds, fails when any fails, is inconclusive otherwise, and is
+"not measured" while some contrast has fewer than ``min_seeds`` paired seeds (default 3) or no
+data at all. ``siamgrad reproduce claims`` trains the runs the claims name with ``seeds=K`` (finished
+runs are reused; each grid's ``results.csv`` then holds just those runs), reads the per-seed rows
+back and writes the report (``docs/claims.md`` by default). ``train=false`` only reads what is there.
+
+Grids are the runner's :data:`~siamgrad.experiments.runner.EXPERIMENTS` plus :data:`CLAIM_GRIDS`,
+runs that no paper grid holds (predictor-free BYOL and SimSiam).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from siamgrad.checkpoint import atomic_write_text
+from siamgrad.errors import ConfigError
+from siamgrad.experiments import runner
+from siamgrad.experiments.stats import Interval, mean_interval
+
+KINDS = ("alike", "greater", "at_most", "at_least")
+MIN_SEEDS = 3  # a verdict needs at least this many paired seeds
+HOLDS, FAILS, INCONCLUSIVE, NOT_MEASURED = "holds", "fails", "inconclusive", "not measured"
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """``metric`` of run ``a`` vs run ``b`` (or vs ``tol`` alone when ``b`` is empty) in ``grid``."""
+
+    grid: str
+    a: str
+    b: str | None = None
+    kind: str = "alike"
+    tol: float = 1.0
+    metric: str = "knn_top1"
+    ratio: bool = False  # compare a / b (interval on the log of the per-seed ratios) instead of a - b
+    b_grid: str | None = None  # the grid of run b when it is another one (paired by seed across grids)
+
+    def runs(self) -> list[tuple[str, str]]:
+        """(grid, label) of the runs this contrast reads."""
+        return [(self.grid, self.a)] + ([] if self.b is None else [(self.b_grid or self.grid, self.b)])
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"contrast kind '{self.kind}' is not one of {', '.join(KINDS)}")
+        if (self.b is None) != (self.kind in ("at_most", "at_least")):
+            raise ConfigError(f"contrast {self.a}: kinds alike/greater compare two runs, at_most/at_least one")
+
+    def describe(self) -> str:
+        rel = {"alike": "≈", "greater": ">", "at_most": "≤", "at_least": "≥"}[self.kind]
+        if self.b is None:
+            return f"{self.grid}/{self.a} {self.metric} {rel} {self.tol:g}"
+        op = "/" if self.ratio else "−"
+        bound = f"±{self.tol:g}" if self.kind == "alike" else f"{self.tol:g}"
+        b = self.b if self.b_grid in (None, self.grid) else f"{self.b_grid}/{self.b}"
+        return f"{self.grid}: {self.a} {op} {b} ({self.metric}) {rel} {bound}"
+
+
+@dataclass(frozen=True)
+class Claim:
+    key: str  # (a)..(o) of the issue
+    paper: str
+    statement: str
+    contrasts: tuple[Contrast, ...]
+    paper_figure: str  # what the paper reports
+    source: str  # where in the paper
+    note: str = ""  # how the contrast reads the claim at CPU size, what it leaves out
+
+    def grids(self) -> list[str]:
+        return list(dict.fromkeys(g for c in self.contrasts for g, _ in c.runs()))
+
+
+# --------------------------------------------------------------------------------------------
+# verdicts
+
+
+def verdict(kind: str, iv: Interval, tol: float) -> str:
+    """holds / fails / inconclusive of one contrast from its interval (see the module docstring)."""
+    lo, hi = iv.low, iv.high
+    if kind == "alike":
+        if -tol <= lo and hi <= tol:
+            return HOLDS
+        return FAILS if hi < -tol or lo > tol else INCONCLUSIVE
+    if kind in ("greater", "at_least"):
+        return HOLDS if lo > tol or (kind == "at_least" and lo >= tol) else FAILS if hi < tol else INCONCLUSIVE
+    if kind == "at_most":
+        return HOLDS if hi <= tol else FAILS if lo > tol else INCONCLUSIVE
+    raise ConfigError(f"contrast kind '{kind}' is not one of {', '.join(KINDS)}")
+
+
+def combine(verdicts: list[str]) -> str:
+    """A claim's verdict from its contrasts': every one holds -> holds; any fails -> fails."""
+    if not verdicts or NOT_MEASURED in verdicts:
+        return NOT_MEASURED
+    if FAILS in verdicts:
+        return FAILS
+    return HOLDS if all(v == HOLDS for v in verdicts) else INCONCLUSIVE
+
+
+# results: (grid, run label) -> {seed: value of each metric}
+Results = dict[tuple[str, str], dict[int, dict]]
+
+
+@dataclass
+class ContrastResult:
+    contrast: Contrast
+    interval: Interval | None  # None: no paired seed has the metric
+    seeds: list[int]
+    verdict: str  # the interval's verdict, or NOT_MEASURED below min_seeds
+
+
+@dataclass
+class ClaimResult:
+    claim: Claim
+    contrasts: list[ContrastResult] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        return combine([c.verdict for c in self.contrasts])
+
+    @property
+    def seeds(self) -> int:
+        return min((len(c.seeds) for c in self.contrasts), default=0)
+
+
+def _value(row: dict, metric: str) -> float | None:
+    v = row.get(metric)
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def evaluate_contrast(c: Contrast, results: Results, min_seeds: int = MIN_SEEDS) -> ContrastResult:
+    a = results.get((c.grid, c.a), {})
+    b = results.get((c.b_grid or c.grid, c.b), {}) if c.b is not None else None
+    pairs = []
+    for seed in sorted(a):
+        va = _value(a[seed], c.metric)
+        vb = None if b is None else _value(b.get(seed, {}), c.metric)
+        if va is None or (b is not None and vb is None):
+            continue
+        if b is None:
+            pairs.append((seed, va))
+        elif c.ratio:
+            if va <= 0 or vb <= 0:
+                continue
+            pairs.append((seed, math.log(va / vb)))
+        else:
+            pairs.append((seed, va - vb))
+    if not pairs:
+        return ContrastResult(c, None, [], NOT_MEASURED)
+    iv = mean_interval([v for _, v in pairs])
+    if c.ratio:  # back from the log scale: a geometric mean ratio and its interval
+        iv = Interval(math.exp(iv.mean), math.exp(iv.low), math.exp(iv.high), iv.n, iv.sd, iv.level)
+    seeds = [s for s, _ in pairs]
+    return ContrastResult(c, iv, seeds, verdict(c.kind, iv, c.tol) if len(seeds) >= min_seeds else NOT_MEASURED)
+
+
+def evaluate(claims: list[Claim], results: Results, min_seeds: int = MIN_SEEDS) -> list[ClaimResult]:
+    return [ClaimResult(cl, [evaluate_contrast(c, results, min_seeds) for c in cl.contrasts]) for cl in claims]
+
+
+# --------------------------------------------------------------------------------------------
+# the registry
+
+# Shared CPU settings of the claims' own grid (as the runner's CPU grids: kNN at the end, no gradient
+# decomposition, a collapse reported rather than fatal, no per-run report).
+_CPU = ["preset=cifar10_cpu", f"data.root={runner.SUBSET}", "eval.every=0", "diag.gradients=false",
+        "diag.collapse=warn", "diag.report=false"]
+
+CLAIM_GRIDS: dict[str, runner.Experiment] = {
+    "claims_collapse": runner.Experiment(
+        "BYOL and SimSiam without a predictor (DirectPred's collapse claim), 4 epochs as the directpred grid",
+        sizes={"cpu": [*_CPU, "epochs=4"], "paper": ["preset=stl10_resnet18", "eval.every=10", "diag.collapse=warn"]},
+        runs=[("byol-no_predictor", ["method=byol", "method.pred_layers=0", "method.momentum=0.99"]),
+              ("simsiam-no_predictor", ["method=simsiam", "method.pred_layers=0"])],
+        columns=["method.pred_layers"],
+    ),
+}
+
+# effective rank counted as collapsed: under a tenth of the CPU size's 128-d projector
+_COLLAPSED_RANK = 12.8
+
+_T1, _T2 = "unigrad_table1", "unigrad_table2"
+_UG = "UniGrad (arXiv 2112.05141)"
+_DP = "DirectPred (arXiv 2102.06810)"
+_SP = "Small projectors, many views (arXiv 2312.10725)"
+
+
+def _alike(grid: str, pairs: list[tuple[str, str]], tol: float = 1.0, metric: str = "knn_top1") -> tuple[Contrast, ...]:
+    return tuple(Contrast(grid, a, b, "alike", tol, metric) for a, b in pairs)
+
+
+def _greater(grid: str, pairs: list[tuple[str, str]], tol: float = 0.0, metric: str = "knn_top1") -> tuple[Contrast, ...]:
+    return tuple(Contrast(grid, a, b, "greater", tol, metric) for a, b in pairs)
+
+
+_T1_METHODS = ("simclr", "moco", "byol", "simsiam", "barlow_twins", "vicreg")
+_T2_METHODS = ("simclr", "byol", "barlow_twins", "unigrad")
+_OTHERS = ("simclr", "moco", "byol", "simsiam", "directpred", "barlow_twins", "vicreg")
+
+CLAIMS: list[Claim] = [
+    Claim("a", _UG, "each method's unified-gradient form performs like its original loss",
+          _alike(_T1, [(f"{m}-gradient", f"{m}-original") for m in _T1_METHODS]),
+          "original losses 62.7-68.7, their gradient forms 67.6-67.9 (ImageNet, 100 epochs, linear eval)",
+          "Table 1",
+          "within 1 kNN point for each of the six methods; the gradient forms use a stop-gradient target, "
+          "the original losses their own branch (MoCo's and BYOL's momentum encoder)"),
+    Claim("b", _UG, "within each family the simplified gradient forms perform alike",
+          _alike(_T1, [("simclr-gradient", "moco-gradient"), ("byol-gradient", "simsiam-gradient"),
+                       ("barlow_twins-gradient", "vicreg-gradient")]),
+          "contrastive 67.6/67.7, asymmetric 67.9/67.8, decorrelation 67.7/67.6 (within 0.3)", "Table 1",
+          "the two gradient forms of each family within 1 point"),
+    Claim("c", _UG, "with the same target branch the three families' unified forms perform alike",
+          _alike(_T2, [("simclr-momentum", "byol-momentum"), ("byol-momentum", "barlow_twins-momentum"),
+                       ("simclr-momentum", "barlow_twins-momentum")]),
+          "69.8-70.2 with a momentum encoder for all three families", "Table 2",
+          "momentum target, every pair within 1 point"),
+    Claim("d", _UG, "a momentum encoder improves every family over stop-gradient",
+          _greater(_T2, [(f"{m}-momentum", f"{m}-stopgrad") for m in _T2_METHODS]),
+          "about +2 points (67.6-67.9 -> 69.8-70.2)", "Table 2",
+          "the paired gain above 0 for each method (the paper's 2 points is at ImageNet scale)"),
+    Claim("e", _UG, "momentum features in the positive term only perform like a full momentum target",
+          _alike(_T2, [(f"{m}-momentum_positive", f"{m}-momentum") for m in _T2_METHODS]),
+          "within about 0.3 points of the full momentum encoder", "Table 2", "within 1 point for each method"),
+    Claim("f", _UG, "SimCLR with a momentum encoder performs like MoCo: a large negative set is not needed",
+          (Contrast(_T2, "simclr-momentum", "moco-original", "alike", 1.0, b_grid=_T1),),
+          "SimCLR's gradient form with a momentum encoder 69.8 vs MoCo v2 69.9 (in-batch negatives vs a queue)",
+          "Table 2",
+          "moco-original lives in unigrad_table1 with the same CPU settings; the contrast pairs it by seed "
+          "across the two grids"),
+    Claim("g", _UG, "UniGrad performs at least as well as every other method at equal budget",
+          _greater("methods", [("unigrad", m) for m in _OTHERS], tol=-1.0),
+          "UniGrad 70.3 vs 62.7-69.9 for the others (ImageNet, 100 epochs)", "Tables 1, 3",
+          "UniGrad's kNN at least every other method's minus 1 point, original losses at 10 epochs"),
+    Claim("h", _DP, "DirectPred performs like a trained 2-layer predictor",
+          (Contrast("directpred", "directpred", "byol-mlp_predictor", "alike", 1.0),),
+          "DirectPred 68.5 vs BYOL's 2-layer predictor 68.0 (ImageNet, 300 epochs, linear eval)", "Table 4",
+          "within 1 point"),
+    Claim("i", _DP, "DirectPred beats a trained linear predictor",
+          (Contrast("directpred", "directpred", "byol-linear_predictor", "greater", 0.0),),
+          "+2.5 points at 300 epochs, +5 at 60 epochs (ImageNet)", "Table 4",
+          "the paired gain above 0 (the paper's size of the gain is at ImageNet scale)"),
+    Claim("j", _DP, "without a predictor, or without stop-gradient, BYOL and SimSiam collapse",
+          tuple(Contrast("claims_collapse", r, None, "at_most", _COLLAPSED_RANK, "eff_rank")
+                for r in ("byol-no_predictor", "simsiam-no_predictor")),
+          "no predictor or no stop-gradient: collapse (near-chance linear accuracy)", "Section 3, Figure 1",
+          "collapse read as the projector output's effective rank at most 12.8 of 128; the no-stop-gradient "
+          "half is not tested: BYOL's and SimSiam's original losses offer no target=none"),
+    Claim("k", _DP, "the trained linear predictor's eigenspaces align with those of F during training",
+          (Contrast("directpred", "byol-linear_predictor", None, "at_least", 0.9, "pred_align"),),
+          "the predictor's eigenspaces align with F's within tens of epochs", "Section 4, Figure 3",
+          "final diag/pred_align at least 0.9; the diagnostics log it for DirectPred's predictor only, not yet "
+          "for a trained linear one, so this claim has no data until they do"),
+    Claim("l", _SP, "with the off-diagonal weight scaled for the width, a small projector performs like a large one",
+          _alike("small_projectors", [("vicreg-d128-cov50", "vicreg-d512-cov12.5"),
+                                      ("bt-d128-lambd0.04", "bt-d512-lambd0.01")]),
+          "a 128-256-d projector with lambda(d) matches 8192-d", "Section 4, Figure 2",
+          "d=128 with its width's weight vs d=512 with its own (the CPU grid's widest), within 1 point"),
+    Claim("m", _SP, "more views per image reach a given accuracy in fewer epochs",
+          _greater("many_views", [("vicreg-M4-data100", "vicreg-M2-data100"), ("bt-M4-data100", "bt-M2-data100")],
+                   metric="knn_full_train"),
+          "4 and 8 views converge in fewer epochs than 2", "Section 5, Figure 4",
+          "read at equal epochs: 4 views above 2 on all the data"),
+    Claim("n", _SP, "4 views on 50% of the data match 2 views on 100%; 8 views on 25% likewise",
+          _alike("many_views", [("vicreg-M4-data50", "vicreg-M2-data100"), ("vicreg-M8-data25", "vicreg-M2-data100"),
+                                ("bt-M4-data50", "bt-M2-data100"), ("bt-M8-data25", "bt-M2-data100")],
+                 metric="knn_full_train"),
+          "equal accuracy at half (quarter) the data with twice (four times) the views", "Section 5, Table 3",
+          "within 1 point, kNN with the whole training split as the bank"),
+    Claim("o", _SP, "the recommended setting (small projector, more views) trains about 2x faster to the same accuracy",
+          (), "about 2x less wall-clock time to the same accuracy", "Section 6",
+          "needs the time-to-accuracy measurement of the CPU recipe search (minutes to reach the 2-view, "
+          "large-projector run's final kNN), which no grid records yet"),
+]
+
+
+def claim_runs(claims: list[Claim]) -> dict[str, list[str]]:
+    """grid -> the run labels the claims use, in order of first use."""
+    need: dict[str, list[str]] = {}
+    for cl in claims:
+        for c in cl.contrasts:
+            for g, r in c.runs():
+                labels = need.setdefault(g, [])
+                if r not in labels:
+                    labels.append(r)
+    return need
+
+
+def grid(name: str) -> runner.Experiment:
+    if name in CLAIM_GRIDS:
+        return CLAIM_GRIDS[name]
+    if name in runner.EXPERIMENTS:
+        return runner.EXPERIMENTS[name]
+    raise ConfigError(f"claims name the grid '{name}', which neither the runner nor CLAIM_GRIDS has")
+
+
+# --------------------------------------------------------------------------------------------
+# results and the report
+
+
+def load_results(out_dir: str | Path, size: str, grids: list[str]) -> Results:
+    """The per-seed rows of ``OUT/GRID-SIZE/results.csv`` (a table without ``seed``: seed 0).
+
+    Metrics a table lacks (``pred_align``) are read from the run folder's last ``diag/`` record.
+    """
+    from siamgrad.report.metrics import read_metrics
+
+    res: Results = {}
+    for g in grids:
+        root = Path(out_dir) / f"{g}-{size}"
+        path = root / "results.csv"
+        if not path.is_file():
+            continue
+        for row in csv.DictReader(path.open()):
+            if row.get("status") != "ok":
+                continue
+            seeded = row.get("seed") not in (None, "")
+            seed = int(row["seed"]) if seeded else 0
+            folder = root / (f"{row['run']}-s{seed}" if seeded else row["run"])
+            if (folder / "metrics.jsonl").is_file():
+                aligns = [r["diag/pred_align"] for r in read_metrics(folder)
+                          if isinstance(r.get("diag/pred_align"), (int, float))]
+                if aligns:
+                    row["pred_align"] = aligns[-1]
+            res.setdefault((g, row["run"]), {})[seed] = row
+    return res
+
+
+def _split(settings: list[str]) -> tuple[str, int, bool, str, list[str]]:
+    size, seeds, train, doc, rest = "cpu", 3, True, "docs/claims.md", []
+    for s in settings:
+        key, _, v = s.partition("=")
+        if key == "size":
+            size = v
+        elif key == "seeds":
+            if not v.isdigit() or int(v) < 1:
+                raise ConfigError(f"seeds={v} is not a positive whole number; give e.g. seeds=3")
+            seeds = int(v)
+        elif key == "train":
+            if v not in ("true", "false"):
+                raise ConfigError(f"train={v}: give train=true or train=false")
+            train = v == "true"
+        elif key == "doc":
+            doc = v
+        elif key == "only":
+            raise ConfigError("only= does not apply to 'reproduce claims'; it trains the runs the claims name")
+        else:
+            rest.append(s)
+    return size, seeds, train, doc, rest
+
+
+def command(grid_name: str, labels: list[str], size: str, seeds: int) -> str:
+    return f"siamgrad reproduce {grid_name} size={size} seeds={seeds} only={','.join(labels)}"
+
+
+def run_claims(settings: list[str] | None = None, out_dir: str = "runs/reproduce", log: bool = True,
+               claims: list[Claim] | None = None) -> Path:
+    """Train what ``claims`` (default :data:`CLAIMS`) need at ``size=`` with ``seeds=`` (finished runs
+    reused), evaluate them and write the report; return its path."""
+    claims = CLAIMS if claims is None else claims
+    size, seeds, train, doc, rest = _split(list(settings or []))
+    need = claim_runs(claims)
+    for g, labels in need.items():
+        exp = grid(g)
+        if size not in exp.sizes:
+            raise ConfigError(f"size={size} is not valid for the claims' grid '{g}'; choose one of: {', '.join(exp.sizes)}")
+        if train:
+            runner.run_experiment(g, [f"size={size}", f"seeds={seeds}", f"only={','.join(labels)}", *rest],
+                                  out_dir=out_dir, log=log, exp=exp)
+    results = load_results(out_dir, size, list(need))
+    evaluated = evaluate(claims, results, min_seeds=MIN_SEEDS)
+    path = Path(doc)
+    atomic_write_text(path, report(evaluated, size, seeds, need, rest))
+    return path
+
+
+def _fmt_iv(c: ContrastResult) -> str:
+    if c.interval is None:
+        return "no data"
+    iv = c.interval
+    if iv.n < 2:
+        return f"{iv.mean:+.2f} (1 seed)" if c.contrast.b is not None else f"{iv.mean:.2f} (1 seed)"
+    sign = "+" if c.contrast.b is not None and not c.contrast.ratio else ""
+    return f"{iv.mean:{sign}.2f} [{iv.low:{sign}.2f}, {iv.high:{sign}.2f}] (n={iv.n})"
+
+
+def _shown(v: str, n: int, need: int) -> str:
+    return f"not yet measured at {need} seeds" if v == NOT_MEASURED and n else v
+
+
+def report(evaluated: list[ClaimResult], size: str, seeds: int, need: dict[str, list[str]],
+           extra: list[str] | None = None) -> str:
+    """The claims report in Markdown: one row per claim, then each claim's contrasts."""
+    want = MIN_SEEDS
+    total = " ".join(["siamgrad reproduce claims", f"size={size}", f"seeds={seeds}", *(extra or [])])
+    lines = [
+        "# The seed papers' claims, measured", "",
+        f"Size `{size}`. Each claim is tested by one or more contrasts between runs of a grid, paired over "
+        "the seeds both runs finished: the mean per-seed difference (ours minus the other run, in kNN "
+        "points unless the metric says otherwise) with its 95% Student-t interval. A claim **holds** when "
+        "every contrast's interval lies within its tolerance, **fails** when some contrast's interval lies "
+        "wholly outside it, is **inconclusive** when an interval straddles it, and is **not yet measured** "
+        f"below {want} seeds. The claims, their runs and tolerances are data in "
+        "`src/siamgrad/experiments/claims.py`.", "",
+        f"Everything below: `{total}` (finished runs are reused).", "",
+        "| claim | paper's figure | contrasts (ours) | verdict | seeds |",
+        "|---|---|---|---|---|",
+    ]
+    for r in evaluated:
+        cl = r.claim
+        ours = "; ".join(f"{c.contrast.describe()}: {_fmt_iv(c)}" for c in r.contrasts) or "no contrast yet"
+        v = _shown(r.verdict, r.seeds, want)
+        lines.append(f"| ({cl.key}) {cl.statement} | {cl.paper_figure} ({cl.paper}, {cl.source}) | {ours} | "
+                     f"{v} | {r.seeds} |")
+    lines += ["", "## Claims one by one", ""]
+    for r in evaluated:
+        cl = r.claim
+        lines += [f"### ({cl.key}) {cl.statement}", "",
+                  f"{cl.paper}, {cl.source}: {cl.paper_figure}.", "",
+                  f"Reading at this size: {cl.note}.", "",
+                  f"Verdict: **{_shown(r.verdict, r.seeds, want)}**.", ""]
+        for c in r.contrasts:
+            lines.append(f"* {c.contrast.describe()}: {_fmt_iv(c)} -> {_shown(c.verdict, len(c.seeds), want)}")
+        grids = cl.grids()
+        if grids:
+            lines += ["", "Command:", "", "```"]
+            lines += [command(g, [x for x in need.get(g, [])
+                                  if any((g, x) in c.runs() for c in cl.contrasts)], size, seeds)
+                      for g in grids]
+            lines += ["```"]
+        lines.append("")
+    return "\n".join(lines)
