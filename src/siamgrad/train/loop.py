@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ from torch import nn
 from siamgrad import distributed as D
 from siamgrad.augment.multiview import build_augment
 from siamgrad.config import Config, resolve, to_dict
+from siamgrad.cpu import default_threads
 from siamgrad.data.sets import load_data, make_batches, should_stream
 from siamgrad.errors import CheckpointError, ConfigError, TrainingError
 from siamgrad.methods.from_config import build_method, method_options
@@ -45,7 +48,7 @@ from siamgrad.train.probe import OnlineProbe
 from siamgrad.train.progress import Progress
 from siamgrad.train.run_folder import RunFolder, say
 
-__all__ = ["TrainResult", "Trainer", "read_metrics", "train"]
+__all__ = ["Interrupted", "TrainResult", "Trainer", "read_metrics", "train"]
 
 Metrics = MetricsLog | NullMetrics
 
@@ -74,8 +77,10 @@ class Trainer:
     def __init__(self, cfg: Config, *, log: bool = True):
         self.cfg = cfg = resolve(cfg)
         method_options(cfg)  # a bad method option fails before any data is read
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        # threads unset: at most the CPUs this process may use (affinity mask, cgroup quota,
+        # torchrun's OMP_NUM_THREADS), not every core of the host; the CPU augmentation takes
+        # fewer when the machine is busy (siamgrad.cpu)
+        torch.set_num_threads(cfg.threads or min(torch.get_num_threads(), default_threads()))
         self.device = torch.device(cfg.device)
         self.amp_dtype = torch.bfloat16 if cfg.precision == "bf16" else None
         self.dist = D.init_from_env(self.device.type)  # torchrun's environment (a no-op for one process)
@@ -149,7 +154,8 @@ class Trainer:
         if finished is not None:  # a finished run: report it, change nothing
             self._say(f"run '{self.run_dir}' already finished; nothing to do")
             return self._result(finished.get("knn_accuracy"))
-        metrics = self.folder.open(cfg, resumed_at=self.step if resumed else None)
+        metrics = self.folder.open(cfg, resumed_at=self.step if resumed else None,
+                                   final=resumed and self.step >= self.total_steps)
         if not resumed:
             if self.is_main:
                 self.evaluator.measure_baselines(self.method.backbone)
@@ -159,9 +165,10 @@ class Trainer:
                   f"{self.total_steps} steps, device {self.device}{procs})")
         progress = Progress(self.total_steps, enabled=cfg.progress and self.log)
         speed = _Speed(cfg.batch_size * cfg.augment.n_views)  # view-images through the backbone per step
-        bad_steps, stopped, last_loss = 0, False, float("nan")
+        bad_steps, stopped, interrupted, last_loss = 0, False, False, float("nan")
+        signals = _StopSignals()  # Ctrl-C / SIGTERM: finish the step, save, say how to resume
         try:
-            while self.step < self.total_steps and not stopped:
+            while self.step < self.total_steps and not (stopped or interrupted):
                 epoch, pos = divmod(self.step, self.steps_per_epoch)
                 for images, labels in self.batches.epoch(epoch, pos):
                     loss, logs = self.train_step(images, labels)
@@ -181,6 +188,9 @@ class Trainer:
                     if cfg.stop_after is not None and self.step >= cfg.stop_after:
                         stopped = True
                         break
+                    if signals.any(self.world, self.device):  # the same answer on every rank
+                        interrupted = True
+                        break
                 else:  # the end of an epoch
                     if not cfg.diag.every:
                         self._diagnose(metrics)
@@ -188,20 +198,31 @@ class Trainer:
                     if cfg.eval.every and ep % cfg.eval.every == 0 and self.step < self.total_steps:
                         self._evaluate(metrics, ep)
                     self.save()
+                    interrupted = signals.any(self.world, self.device)
         finally:
+            signals.restore()  # from here a second signal acts at once
             progress.close()
+        if interrupted:
+            self._stop(metrics, f"interrupted by {signals.name} after step {self.step}")
+            raise Interrupted(signals.signum or signal.SIGTERM)
         if stopped:
-            self.save()
-            metrics.close()
-            self._say(f"stopped after step {self.step} (stop_after); {self.folder.resume_hint()}")
-            D.barrier()  # every rank returns after rank 0 has written the checkpoint
+            self._stop(metrics, f"stopped after step {self.step} (stop_after)")
             return self._result(None, stopped_early=True)
         knn_acc = self._evaluate(metrics, self.step // self.steps_per_epoch)
         self.save()
         metrics.close()
         self._finish(knn_acc, last_loss)
+        self.folder.close()
         D.barrier()  # every rank returns after rank 0 has finished the run folder
         return self._result(knn_acc)
+
+    def _stop(self, metrics: Metrics, why: str) -> None:
+        """Save, close, and print the command that resumes (every rank returns after rank 0 saved)."""
+        path = self.save()
+        metrics.close()
+        self.folder.close()
+        self._say(f"{why}; checkpoint {path}; resume with: {self.folder.resume_command(self.world)}")
+        D.barrier()
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor | None) -> tuple[float, dict]:
         """One optimizer step of the method (and of the online probe); the global loss and logs."""
@@ -399,6 +420,47 @@ class Trainer:
             raise ConfigError(f"the processes found different checkpoints in '{self.run_dir}' (this one: step "
                               f"{self.step}); out_dir must be a folder every node sees")
         return found is not None
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by SIGINT or SIGTERM after finishing its step and writing a checkpoint (the
+    command that resumes was printed). ``signum``: the signal; the CLI exits with 128 + it."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+class _StopSignals:
+    """While installed (the main thread only), the first SIGINT/SIGTERM asks the loop to stop after
+    its step; a second one acts as usual (KeyboardInterrupt / termination)."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.saved: dict[int, Any] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.saved[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+        self.restore()  # the next one is not caught
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else "a signal"
+
+    def any(self, world: int, device: torch.device) -> bool:
+        """Whether a stop was asked (on any process: all stop after the same step)."""
+        if world == 1:
+            return self.signum is not None
+        return D.any_rank(self.signum is not None, device)
+
+    def restore(self) -> None:
+        for sig, old in self.saved.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+        self.saved = {}
 
 
 class _Speed:

@@ -8,6 +8,7 @@ Layout: ``config.yaml`` (the resolved config), ``metrics.jsonl`` and ``tb/``, ``
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import time
 import warnings
@@ -61,18 +62,30 @@ class RunFolder:
         done = self.path / "results.json"
         return json.loads(done.read_text()) if done.is_file() else None
 
-    def open(self, cfg: Config, *, resumed_at: int | None) -> MetricsLog | NullMetrics:
+    def open(self, cfg: Config, *, resumed_at: int | None, final: bool = False) -> MetricsLog | NullMetrics:
         """Create the folder, write ``config.yaml`` and open the metrics (rank 0; a no-op sink elsewhere).
 
-        A resumed run first drops the metric records written after its checkpoint.
+        Temporaries of writes cut short by a kill are removed. A resumed run first drops the metric
+        records written after its checkpoint (``final``: the checkpoint is the last step's, whose
+        final evaluation runs again, so its kNN record goes too); a run starting afresh drops those
+        of an earlier attempt that died before its first checkpoint.
         """
         if not self.is_main:
             return NullMetrics()
-        self.path.mkdir(parents=True, exist_ok=True)
+        ckpt.make_dir(self.path)  # a read-only or full out_dir: one line
+        ckpt.remove_stale_temps(self.path)
         ckpt.atomic_write_text(self.path / "config.yaml", dump_yaml(cfg))
-        if resumed_at is not None:
-            trim_metrics(self.path, resumed_at)
-        return MetricsLog(self.path)
+        if resumed_at is None:
+            trim_metrics(self.path, -1)
+        else:
+            trim_metrics(self.path, resumed_at, drop_evals_at=resumed_at if final else None)
+        return MetricsLog(self.path, cfg=cfg)
+
+    def close(self) -> None:
+        """The end of this process's part in the run, finished or stopped: temporaries of writes
+        cut short by a kill go (rank 0)."""
+        if self.is_main:
+            ckpt.remove_stale_temps(self.path)
 
     def save(self, state: dict, name: str = "latest.pt") -> Path:
         """Write the checkpoint ``name`` (rank 0 only; the path on every rank)."""
@@ -85,9 +98,18 @@ class RunFolder:
         if self.is_main:
             ckpt.atomic_write_json(self.path / "results.json", results)
 
-    def resume_hint(self) -> str:
-        """The settings that resume this run, as a reader would type them."""
-        return f"resume with resume=true run_name={self.path.name}"
+    def resume_command(self, processes: int = 1) -> str:
+        """The shell command that resumes this run: the run's own config.yaml (the resolved settings)
+        with out_dir and run_name as given (relative paths stay relative to where the run started)
+        and ``resume=true``, each word quoted for the shell."""
+        cfg = self.cfg
+        words = ["siamgrad", "train"] if processes == 1 else ["torchrun", f"--nproc_per_node={processes}", "-m",
+                                                               "siamgrad", "train"]
+        settings = [f"config={Path(cfg.out_dir) / self.path.name / 'config.yaml'}", f"out_dir={cfg.out_dir}",
+                    f"run_name={self.path.name}", "resume=true"]
+        if cfg.stop_after is not None:
+            settings.append("stop_after=null")
+        return " ".join(words + [shlex.quote(s) for s in settings])
 
 
 def say(enabled: bool, msg: str) -> None:
