@@ -97,8 +97,8 @@ class DiagConfig:
     gradients: bool = True  # gradient decomposition (positive/negative parts, lambda, cosine)
     collapse: Literal["stop", "warn"] = "stop"  # what a detected collapse does
     patience: int = field(default=3, metadata=_range(1))  # consecutive collapsed checks before acting
-    # effective rank (RankMe) below this fraction of the width = dimensional collapse; a 128-d
-    # UniGrad/SimSiam run on digits sits at 25-35%, SimSiam without predictor falls to 7%
+    # effective rank (RankMe) below this fraction of the width = dimensional collapse; healthy and
+    # collapsed digits runs fall on either side of it (docs/results.md, collapse diagnostics)
     dim_rank_frac: float = field(default=0.1, metadata=_range(0.0, 1.0))
     report: bool = True  # write the PNG/HTML report into the run folder at the end
 

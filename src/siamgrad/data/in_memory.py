@@ -3,7 +3,7 @@
 An :class:`ImageDataset` holds ``images``, a contiguous ``uint8`` tensor ``[N, 3, H, W]`` with
 ``H == W`` (grayscale sources replicated to three channels), and ``labels``, ``int64`` ``[N]``
 (``None`` for unlabeled data). Keeping the whole set as one tensor lets the trainer move batches
-to the device in one copy and run the augmentations there, batched (DESIGN.md, section 7).
+to the device in one copy and run the augmentations there, batched.
 
 :func:`stratified_sample` is the one class-stratified sampling rule (``data.fraction``, the
 digits test split, the bounded evaluation sets of streamed data); :func:`channel_stats` the

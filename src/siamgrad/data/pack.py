@@ -124,7 +124,7 @@ def pack_folder(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, sha
     """Pack the image folder ``src`` into shards in ``dst`` (see the module docstring).
 
     Args:
-        shard_size: samples per shard at most (1000: about 110 MB of ImageNet JPEGs).
+        shard_size: samples per shard at most (the default keeps ImageNet shards near 100 MB).
         max_shard_bytes: bytes per shard at most (a shard always holds at least one sample).
         shuffle: write the samples in a random order seeded by ``seed`` (else sorted by class/file).
         verify: decode every image and leave out the unreadable ones (slower); without it only

@@ -99,8 +99,7 @@ class Experiment:
 # Shared by the CPU sizes of the new grids: the CPU preset on the CIFAR-10 subset, kNN only at the
 # end, diagnostics without the (costly) gradient decomposition, a detected collapse reported rather
 # than stopping the grid (collapse is a result here), no per-run report (`siamgrad analyze RUN`
-# writes it later). Budget: about 1,100 steps of batch 256 x 2 views per grid (about 1.4 s each on
-# 2 cores in bf16) plus evaluation: under 30 minutes.
+# writes it later). Sized so that a grid fits in half an hour on 2 cores (docs/experiments.md).
 _CPU = ["preset=cifar10_cpu", f"data.root={SUBSET}", "eval.every=0", "diag.gradients=false",
         "diag.collapse=warn", "diag.report=false"]
 # the paper sizes: kNN every 10 epochs, a collapse reported, not fatal

@@ -47,9 +47,8 @@ class _Residual(nn.Module):
 class SmallResNet(nn.Module):
     """A CPU-sized residual network: stem conv, one residual block per stage, global pooling.
 
-    ``widths=(32, 64, 128)`` gives about 0.3M parameters (about 0.1 GFLOP per 32x32 image
-    forward); a UniGrad step with a momentum encoder trains about 500 view-images/s on two CPU
-    cores in bf16 + channels_last (``benchmarks/bench_throughput.py``).
+    ``widths=(32, 64, 128)`` sizes it for CPU training on 32x32 images; its parameter count, cost
+    and measured speed are in docs/benchmarks.md (``benchmarks/bench_throughput.py``).
     """
 
     def __init__(self, widths: tuple[int, ...] = (32, 64, 128)):

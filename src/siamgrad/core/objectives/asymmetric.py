@@ -51,8 +51,8 @@ def simsiam_loss(p: Tensor, z: Tensor) -> Tensor:
 
 
 def _eigh(F: Tensor) -> tuple[Tensor, Tensor]:
-    """``torch.linalg.eigh``; on CPU with one thread (multi-threaded LAPACK is ~50x slower on the small
-    matrices used here when cores are shared)."""
+    """``torch.linalg.eigh``; on CPU with one thread (multi-threaded LAPACK is much slower on the small
+    matrices used here when cores are shared; docs/benchmarks.md)."""
     if F.device.type != "cpu":
         return torch.linalg.eigh(F)
     threads = torch.get_num_threads()
