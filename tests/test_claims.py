@@ -251,7 +251,7 @@ def test_reproduce_claims_trains_what_they_need_and_writes_the_verdicts(tmp_path
     text = doc.read_text()
     row = {line.split(")")[0][3:]: line for line in text.splitlines() if line.startswith("| (")}
     assert "| holds | 3 |" in row["x"] and "| holds | 3 |" in row["y"] and "| fails | 3 |" in row["z"]
-    assert "not measured" in row["w"]
+    assert "| no contrast yet | not yet measured at 3 seeds | 0 |" in row["w"]
     assert "+3.00 [+3.00, +3.00] (n=3)" in row["x"]  # the seeds move both runs alike: a constant difference
     assert "siamgrad reproduce toy_claims size=cpu seeds=3 only=good,base" in text
     # again: everything is reused, nothing retrains

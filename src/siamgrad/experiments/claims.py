@@ -411,8 +411,8 @@ def _fmt_iv(c: ContrastResult) -> str:
     return f"{iv.mean:{sign}.2f} [{iv.low:{sign}.2f}, {iv.high:{sign}.2f}] (n={iv.n})"
 
 
-def _shown(v: str, n: int, need: int) -> str:
-    return f"not yet measured at {need} seeds" if v == NOT_MEASURED and n else v
+def _shown(v: str, need: int) -> str:
+    return f"not yet measured at {need} seeds" if v == NOT_MEASURED else v
 
 
 def report(evaluated: list[ClaimResult], size: str, seeds: int, need: dict[str, list[str]],
@@ -436,7 +436,7 @@ def report(evaluated: list[ClaimResult], size: str, seeds: int, need: dict[str, 
     for r in evaluated:
         cl = r.claim
         ours = "; ".join(f"{c.contrast.describe()}: {_fmt_iv(c)}" for c in r.contrasts) or "no contrast yet"
-        v = _shown(r.verdict, r.seeds, want)
+        v = _shown(r.verdict, want)
         lines.append(f"| ({cl.key}) {cl.statement} | {cl.paper_figure} ({cl.paper}, {cl.source}) | {ours} | "
                      f"{v} | {r.seeds} |")
     lines += ["", "## Claims one by one", ""]
@@ -445,9 +445,9 @@ def report(evaluated: list[ClaimResult], size: str, seeds: int, need: dict[str, 
         lines += [f"### ({cl.key}) {cl.statement}", "",
                   f"{cl.paper}, {cl.source}: {cl.paper_figure}.", "",
                   f"Reading at this size: {cl.note}.", "",
-                  f"Verdict: **{_shown(r.verdict, r.seeds, want)}**.", ""]
+                  f"Verdict: **{_shown(r.verdict, want)}**.", ""]
         for c in r.contrasts:
-            lines.append(f"* {c.contrast.describe()}: {_fmt_iv(c)} -> {_shown(c.verdict, len(c.seeds), want)}")
+            lines.append(f"* {c.contrast.describe()}: {_fmt_iv(c)} -> {_shown(c.verdict, want)}")
         grids = cl.grids()
         if grids:
             lines += ["", "Command:", "", "```"]
