@@ -14,8 +14,9 @@ seeds both finished) or against a fixed value (``b`` empty), with a tolerance an
 * ``at_most`` / ``at_least``: the same against a fixed value, for one run's metric (``b`` empty).
 
 A claim holds when every contrast holds, fails when any fails, is inconclusive otherwise, and is
-"not measured" while some contrast has fewer than ``min_seeds`` paired seeds (default 3) or no
-data at all. ``siamgrad reproduce claims`` trains the runs the claims name with ``seeds=K`` (finished
+"not measured" while some contrast has fewer than ``MIN_SEEDS`` (3) paired seeds or no data at
+all. A seed whose run failed (a non-finite loss) is left out of the contrasts that read it; the
+grid's table still shows the failure. ``siamgrad reproduce claims`` trains the runs the claims name with ``seeds=K`` (finished
 runs are reused; each grid's ``results.csv`` then holds just those runs), reads the per-seed rows
 back and writes the report (``docs/claims.md`` by default). ``train=false`` only reads what is there.
 
