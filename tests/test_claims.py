@@ -276,3 +276,20 @@ def test_cli_reproduce_claims_is_wired(tmp_path, monkeypatch):
     monkeypatch.setattr(C, "run_claims", lambda settings, out_dir: calls.append((settings, out_dir)) or Path("x"))
     assert cli.main(["reproduce", "claims", "size=cpu", "train=false", "--out", str(tmp_path)]) == 0
     assert calls == [(["size=cpu", "train=false"], str(tmp_path))]
+
+
+@pytest.mark.slow
+def test_reproduce_claims_on_the_real_registry_trains_each_named_run_once(tmp_path, monkeypatch):
+    """The real claims over the real grids (train faked): every run they name, one seed, no other."""
+    import siamgrad.train.loop as train_mod
+
+    seen, trained = {}, []
+    monkeypatch.setattr(train_mod, "train", _fake_train(seen, trained, lambda name, seed: 40.0))
+    monkeypatch.setattr(reproduce, "full_train_knn", lambda run_dir, step: 41.0)
+    doc = tmp_path / "claims.md"
+    C.run_claims(["seeds=1", f"doc={doc}"], out_dir=str(tmp_path / "runs"), log=False)
+    need = C.claim_runs(C.CLAIMS)
+    assert sorted(trained) == sorted(f"{label}-s0" for labels in need.values() for label in labels)
+    text = doc.read_text()
+    assert all(f"| ({k}) " in text for k in "abcdefghijklmno")
+    assert text.count("not yet measured at 3 seeds") >= 15  # one seed: no verdict anywhere
