@@ -46,6 +46,49 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+class PeakMemory:
+    """Peak memory while a ``with`` block runs, in bytes: ``before``, ``peak``, ``added``.
+
+    CUDA: ``torch.cuda.max_memory_allocated()`` after resetting the peak at the start (``before``
+    is the memory allocated then). CPU: the peak resident set size (``VmHWM``), reset to the
+    current resident size at the start by writing 5 to ``/proc/self/clear_refs`` (``before`` is
+    ``VmRSS`` then); where that reset is not allowed the peak is the process's since it began.
+    """
+
+    def __init__(self, device):
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self.before = self.peak = 0
+
+    def __enter__(self) -> "PeakMemory":
+        torch = self.torch
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.before = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self.before = _status_kb("VmRSS") * 1024
+            try:
+                Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident size
+            except OSError:
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        torch = self.torch
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self.peak = _status_kb("VmHWM") * 1024
+
+    @property
+    def added(self) -> int:
+        return self.peak - self.before
+
+
 def child(spec: dict) -> dict:
     """Measure one configuration in this process; returns the figures in bytes."""
     import torch
@@ -54,13 +97,9 @@ def child(spec: dict) -> dict:
     from bench_throughput import BatchedViews, load_images, make_model
 
     torch.set_num_threads(spec["threads"])
-    cuda = spec["device"] == "cuda"
     device = torch.device(spec["device"])
     data = load_images(spec["root"], n=max(spec["batch"], 512))
-    model = make_model(spec["backbone"], spec["precision"], spec["channels_last"])
-    model.method.to(device)
-    model.optimizer = torch.optim.SGD([p for p in model.method.parameters() if p.requires_grad], lr=0.03,
-                                      momentum=0.9, weight_decay=5e-4)
+    model = make_model(spec["backbone"], spec["precision"], spec["channels_last"], device=device)
     source = BatchedViews(data, spec["views"], spec["batch"])
     images = source.images[: spec["batch"]].to(device)
     gen = torch.Generator().manual_seed(0)
@@ -78,21 +117,10 @@ def child(spec: dict) -> dict:
         model.method.on_step_end(model.steps, 10_000)
         model.steps += 1
 
-    if cuda:
-        torch.cuda.synchronize()
-        before = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
+    with PeakMemory(device) as mem:
         for _ in range(3):
             step()
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated()
-        return {"before": before, "peak": peak, "step": peak - before}
-    before = _status_kb("VmRSS") * 1024
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident size
-    for _ in range(3):
-        step()
-    peak = _status_kb("VmHWM") * 1024
-    return {"before": before, "peak": peak, "step": peak - before}
+    return {"before": mem.before, "peak": mem.peak, "step": mem.added}
 
 
 def measure(spec: dict) -> dict:

@@ -39,6 +39,8 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -47,7 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from siamgrad import methods  # noqa: E402
-from siamgrad.augment.multiview import blur_kernel_size, build_augment  # noqa: E402
+from siamgrad.augment.multiview import MultiViewAugment, blur_kernel_size, build_augment  # noqa: E402
 from siamgrad.models.backbones import build_backbone  # noqa: E402
 from siamgrad.data.datasets import load_dataset  # noqa: E402
 from siamgrad.data.sources import FolderSource  # noqa: E402
@@ -76,8 +78,45 @@ def write_jpegs(dst: Path, n: int, px: int, cifar: Path) -> int:
     return n
 
 
+def synthetic_image(index: int, width: int, height: int) -> torch.Tensor:
+    """A uint8 ``[3, height, width]`` image of smooth random color fields plus fine noise (so JPEG
+    files have a photo-like size), drawn from a generator seeded by ``index``."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(index)
+    coarse = torch.rand(1, 3, 6, 8, generator=g) * 255
+    x = F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)[0]
+    x += torch.randn(3, height, width, generator=g) * 12
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+def write_synthetic_jpegs(dst: Path, n: int, width: int = 500, height: int = 375, classes: int = 10,
+                          threads: int | None = None) -> int:
+    """``n`` synthetic ``width x height`` JPEGs (quality 90) in ``classes`` class folders of ``dst``;
+    returns their total size in bytes. Written by ``threads`` threads (default: the CPUs)."""
+    from torchvision.io import encode_jpeg
+
+    for c in range(classes):
+        (dst / f"class{c:02d}").mkdir(parents=True, exist_ok=True)
+
+    def one(i: int) -> int:
+        data = encode_jpeg(synthetic_image(i, width, height), quality=90).numpy().tobytes()
+        (dst / f"class{i % classes:02d}" / f"{i:06d}.jpg").write_bytes(data)
+        return len(data)
+
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # parallel over images instead
+    try:
+        with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
+            return sum(pool.map(one, range(n)))
+    finally:
+        torch.set_num_threads(torch_threads)
+
+
 class PILPairs(torch.utils.data.Dataset):
-    """Two torchvision-augmented views per image, PIL decoding, per image in a worker."""
+    """Two torchvision-augmented views per image, PIL decoding, per image in a worker.
+
+    Item ``i`` is ``([view_1, view_2], 0)`` (the peer dataset's ``(views, label)`` layout)."""
 
     def __init__(self, files: list[Path], size: int):
         from torchvision import transforms as T
@@ -103,11 +142,39 @@ class PILPairs(torch.utils.data.Dataset):
 
         with Image.open(self.files[i]) as im:
             im = im.convert("RGB")
-            return self.t(im), self.t(im)
+            return [self.t(im), self.t(im)], 0
 
 
 def _set_threads(_: int) -> None:
     torch.set_num_threads(1)
+
+
+def pil_loader(files: list[Path], size: int, batch: int, workers: int, pin_memory: bool,
+               seed: int = 0) -> torch.utils.data.DataLoader:
+    """The per-image PIL pipeline: :class:`PILPairs` in a shuffled DataLoader with ``workers``
+    persistent worker processes (one torch thread each)."""
+    return torch.utils.data.DataLoader(PILPairs(files, size), batch_size=batch, shuffle=True, drop_last=True,
+                                       num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
+                                       worker_init_fn=_set_threads, prefetch_factor=4 if workers else None,
+                                       generator=torch.Generator().manual_seed(seed))
+
+
+def pil_views(loader: torch.utils.data.DataLoader, device: torch.device) -> Iterator[tuple[list[torch.Tensor], None]]:
+    """``(views on device, None)`` from ``loader`` forever, epoch after epoch."""
+    while True:
+        for views, _ in loader:
+            yield [v.to(device, non_blocking=True) for v in views], None
+
+
+def streamed_views(stream: StreamBatches, aug: MultiViewAugment) -> Iterator[tuple[list[torch.Tensor], object]]:
+    """siamgrad's streamed path forever: batches of raw bytes read by workers, decoded (on a GPU:
+    nvjpeg, batched), augmented as one ragged batch on the device; yields ``(views, labels)``."""
+    s, epoch = 0, 0
+    while True:
+        for images, labels in stream.epoch(epoch):
+            yield aug(images, generator=torch.Generator().manual_seed(s)), labels
+            s += 1
+        epoch += 1
 
 
 def main() -> None:
@@ -185,28 +252,17 @@ def main() -> None:
     # siamgrad: streamed bytes, batched decode, batched ragged augmentation on the device
     aug = build_augment("simclr", size, 2, mean=MEAN, std=STD)
     stream = StreamBatches(source, dev, args.batch, seed=0, workers=args.workers, max_side=512)
-
-    def ours():
-        s, epoch = 0, 0
-        while True:
-            for images, _ in stream.epoch(epoch):
-                yield aug(images, generator=torch.Generator().manual_seed(s))
-                s += 1
-            epoch += 1
-
     # per-image PIL + torchvision transforms in DataLoader workers
-    loader = torch.utils.data.DataLoader(PILPairs(files, size), batch_size=args.batch, shuffle=True, drop_last=True,
-                                         num_workers=args.workers, pin_memory=gpu, persistent_workers=True,
-                                         worker_init_fn=_set_threads, prefetch_factor=4)
+    loader = pil_loader(files, size, args.batch, args.workers, pin_memory=gpu)
 
-    def pil():
-        while True:
-            for v1, v2 in loader:
-                yield [v1.to(dev, non_blocking=True), v2.to(dev, non_blocking=True)]
+    def views_only(it):
+        for views, _ in it:
+            yield views
 
     # warm up every path, then time them in alternating rounds (a shared machine's load drifts:
     # alternating spreads it over the paths alike); each figure is the median over its rounds
-    paths = {"model alone": iter(lambda: fixed, None), "siamgrad": ours(), "per-image PIL": pil()}
+    paths = {"model alone": iter(lambda: fixed, None), "siamgrad": views_only(streamed_views(stream, aug)),
+             "per-image PIL": views_only(pil_views(loader, dev))}
     for it in paths.values():
         run(it, args.warmup)
     per_round = max(1, args.steps // args.rounds)

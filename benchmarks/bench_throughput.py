@@ -1,7 +1,8 @@
 """Training throughput: siamgrad's batched pipeline vs the per-image PIL pipeline most peers use.
 
-    python benchmarks/bench_throughput.py            # a few minutes on 2 CPU cores
-    python benchmarks/bench_throughput.py --quick    # about a minute
+    python benchmarks/bench_throughput.py                  # a few minutes on 2 CPU cores
+    python benchmarks/bench_throughput.py --quick          # about a minute
+    python benchmarks/bench_throughput.py --contention 2   # beside 2 busy processes it starts itself
 
 Unit: view-images per second, one view-image being one augmented image through the backbone
 (a step on a batch of B images with M views moves B * M view-images).
@@ -21,10 +22,18 @@ The two pipelines, fed from the same in-memory uint8 images (the CIFAR-10 subset
   is the same function on the same model.
 
 Both sides use the same backbone, method, batch, views, dtype (autocast) and memory format, and the
-same number of CPU threads in the training process (``--threads``); the peer's workers run beside
-it on the same cores, as they do in a real run. The two sides are measured interleaved
-(A, B, A, B, ...): each trial warms up then times several iterations; the figures are the medians
-over the rounds, so a burst of load from other jobs hits both sides alike.
+same number of CPU threads in the training process (``--threads``, default the CPUs this process
+may use: :func:`siamgrad.cpu.available_cpus`); the peer's workers run beside it on the same cores,
+as they do in a real run. siamgrad's augmentation runs with the busy-aware thread count of
+:func:`siamgrad.cpu.limit_threads` (fewer threads when other processes keep the cores busy), as
+it does in training (``--busy-step``: its whole step too). The two sides are measured
+interleaved (A, B, A, B, ...): each trial warms up then times several iterations; the figures are
+the medians over the rounds, so a burst of load from other jobs hits both sides alike.
+
+``--contention N`` starts ``N`` busy processes (a Python spin loop each) before the measurement
+and stops them at the end; each also stops itself after ``--contention-seconds`` or when this
+process is gone, so none outlives the benchmark. The load average is printed at the start and
+the end (``load_average_start=``, ``load_average_end=``).
 
 Printed: augmentation alone (siamgrad vs peer), the whole step with the small CPU backbone, what
 bf16 autocast and channels_last add to siamgrad's step, and the whole step with a CIFAR-stem
@@ -35,8 +44,11 @@ ResNet-18 in fp32; the last three lines are ``aug_ratio=``, ``ratio=`` and ``res
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
+import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -46,10 +58,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from siamgrad import cpu
 from siamgrad.augment.multiview import ViewRecipe, blur_kernel_size, build_augment
-from siamgrad.models.backbones import build_backbone
-from siamgrad.data.datasets import ImageDataset, channel_stats, load_dataset
+from siamgrad.data import ImageDataset, channel_stats, load_dataset
 from siamgrad.methods.registry import build as build_method
+from siamgrad.models.backbones import build_backbone
 
 DEFAULT_ROOT = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-subset")
 # the CPU preset's recipe: the CIFAR views with the UniGrad crop range 0.2-1 (configs/cifar10_cpu.yaml)
@@ -136,16 +149,17 @@ def peer_dataset(dataset: ImageDataset, n_views: int, preset: str = PRESET,
     return PeerDataset(dataset, [peer_transform(r, mean, std) for r in recipes])
 
 
-def peer_loader(ds: PeerDataset, batch: int, workers: int, seed: int = 0,
-                num_batches: int | None = None) -> torch.utils.data.DataLoader:
+def peer_loader(ds: torch.utils.data.Dataset, batch: int, workers: int, seed: int = 0,
+                num_batches: int | None = None, pin_memory: bool = False) -> torch.utils.data.DataLoader:
     """The peer's DataLoader: a shuffled epoch, or ``num_batches`` batches of images drawn with
-    replacement (as siamgrad's benchmark batches are) when given."""
+    replacement (as siamgrad's benchmark batches are) when given; ``pin_memory`` for a GPU."""
     g = torch.Generator().manual_seed(seed)
     if num_batches is None:
         return torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
-                                           generator=g)
+                                           generator=g, pin_memory=pin_memory)
     sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=batch * num_batches, generator=g)
-    return torch.utils.data.DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True)
+    return torch.utils.data.DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True,
+                                       pin_memory=pin_memory)
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,12 +167,14 @@ def peer_loader(ds: PeerDataset, batch: int, workers: int, seed: int = 0,
 
 
 class BatchedViews:
-    """siamgrad's side: random batches of the in-memory uint8 images, augmented as a whole."""
+    """siamgrad's side: random batches of the uint8 images held on ``device``, augmented as a whole
+    there (the random parameters are drawn on the CPU generator and moved, as in training)."""
 
     def __init__(self, dataset: ImageDataset, n_views: int, batch: int, seed: int = 0,
-                 preset: str = PRESET, scale: tuple[float, float] = SCALE):
-        self.images = dataset.images
-        self.labels = dataset.labels
+                 preset: str = PRESET, scale: tuple[float, float] = SCALE, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.images = dataset.images.to(self.device)
+        self.labels = dataset.labels.to(self.device) if dataset.labels is not None else None
         mean, std = channel_stats(dataset)
         self.augment = build_augment(preset, dataset.image_size, n_views, mean=mean, std=std, scale=scale)
         self.batch = batch
@@ -166,7 +182,7 @@ class BatchedViews:
 
     def __iter__(self) -> Iterator[tuple[list[torch.Tensor], torch.Tensor | None]]:
         while True:
-            idx = torch.randint(0, len(self.images), (self.batch,), generator=self.g)
+            idx = torch.randint(0, len(self.images), (self.batch,), generator=self.g).to(self.device)
             labels = self.labels[idx] if self.labels is not None else None
             yield self.augment(self.images[idx], generator=self.g), labels
 
@@ -180,34 +196,59 @@ class Model:
     amp: torch.dtype | None
     channels_last: bool
     steps: int = 0
+    device: torch.device = torch.device("cpu")
 
-    def step(self, views: list[torch.Tensor]) -> float:
-        """One training step: the calls of ``Trainer.train_step`` (no probe, constant lr)."""
+    def step(self, views: list[torch.Tensor]) -> float | None:
+        """One training step: the calls of ``Trainer.train_step`` (no probe, constant lr).
+
+        Views elsewhere (a DataLoader's pinned CPU batch) are copied to the model's device first.
+        Returns the loss on a CPU (on a GPU ``None``: reading it would wait for the step)."""
+        views = [v.to(self.device, non_blocking=True) for v in views]
         if self.channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=self.amp or torch.float32, enabled=self.amp is not None):
+        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
             loss, _ = self.method.training_step(views)
         loss.backward()
         self.optimizer.step()
         self.method.on_step_end(self.steps, 10_000)
         self.steps += 1
-        return float(loss.detach())
+        return float(loss.detach()) if self.device.type == "cpu" else None
+
+    def set_format(self, precision: str, channels_last: bool) -> None:
+        """Switch dtype (autocast) and memory format in place (the same weights)."""
+        self.amp = torch.bfloat16 if precision == "bf16" else None
+        self.channels_last = channels_last
+        self.method.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-def make_model(backbone: str, precision: str, channels_last: bool, seed: int = 0) -> Model:
+def make_model(backbone: str, precision: str, channels_last: bool, seed: int = 0, *,
+               device: torch.device | str = "cpu", method: str = METHOD, options: dict | None = None,
+               cifar_stem: bool = True, compile_backend: str | None = None) -> Model:
+    """A method (``METHOD`` with ``METHOD_OPTS`` by default) around ``backbone`` on ``device``, its
+    SGD optimizer and step settings; ``compile_backend`` compiles the backbone (as ``compile=true``
+    does in training: ``"inductor"``; ``"eager"`` runs the compiler's tracing without code
+    generation, for a quick check)."""
     torch.manual_seed(seed)
-    net, dim = build_backbone(backbone, cifar_stem=True)
-    method = build_method(METHOD, net, dim, **METHOD_OPTS)
+    net, dim = build_backbone(backbone, cifar_stem=cifar_stem)
+    m = build_method(method, net, dim, **(METHOD_OPTS if options is None else options)).to(device)
     if channels_last:
-        method = method.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.03, momentum=0.9,
+        m = m.to(memory_format=torch.channels_last)
+    if compile_backend:
+        m.backbone.compile(backend=compile_backend)
+    opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.03, momentum=0.9,
                           weight_decay=5e-4)
-    return Model(method, opt, torch.bfloat16 if precision == "bf16" else None, channels_last)
+    return Model(m, opt, torch.bfloat16 if precision == "bf16" else None, channels_last, device=torch.device(device))
 
 
 # --------------------------------------------------------------------------------------------
 # timing
+
+
+def sync() -> None:
+    """Wait for the GPU's queued work (when CUDA is in use), so a clock reading counts it."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def timed_rate(batches: Iterator, work: Callable[[list[torch.Tensor]], object] | None, warmup: int, steps: int,
@@ -217,11 +258,13 @@ def timed_rate(batches: Iterator, work: Callable[[list[torch.Tensor]], object] |
         views, _ = next(batches)
         if work is not None:
             work(views)
+    sync()
     t0 = time.perf_counter()
     for _ in range(steps):
         views, _ = next(batches)
         if work is not None:
             work(views)
+    sync()
     return steps * view_images / (time.perf_counter() - t0)
 
 
@@ -240,15 +283,70 @@ def interleaved(trials: dict[str, Callable[[], float]], rounds: int, log: bool =
 _trial_seeds = itertools.count(1)
 
 
-def peer_trial(ds: PeerDataset, workers: int, work: Callable | None, warmup: int, steps: int, batch: int) -> float:
+def peer_trial(ds: torch.utils.data.Dataset, workers: int, work: Callable | None, warmup: int, steps: int,
+               batch: int, n_views: int | None = None, pin_memory: bool = False) -> float:
     """One peer trial: a DataLoader of exactly ``warmup + steps`` batches; its workers start during
-    the warm-up and have nothing left to do when the trial ends (no work during the other side's)."""
-    loader = peer_loader(ds, batch, workers, seed=next(_trial_seeds), num_batches=warmup + steps)
+    the warm-up and have nothing left to do when the trial ends (no work during the other side's).
+    ``ds`` items are ``(views, label)``; ``n_views`` defaults to ``len(ds.transforms)``."""
+    loader = peer_loader(ds, batch, workers, seed=next(_trial_seeds), num_batches=warmup + steps,
+                         pin_memory=pin_memory)
     it = iter(loader)
+    views = n_views if n_views is not None else len(ds.transforms)
     try:
-        return timed_rate(it, work, warmup, steps, batch * len(ds.transforms))
+        return timed_rate(it, work, warmup, steps, batch * views)
     finally:
         del it  # shuts the workers down
+
+
+# --------------------------------------------------------------------------------------------
+# contention: busy processes beside the benchmark
+
+_SPIN = """
+import os, sys, time
+end, parent = float(sys.argv[1]), int(sys.argv[2])
+n = 0
+while time.monotonic() < end:
+    n += 1
+    if n % 200_000 == 0 and os.getppid() != parent:
+        break
+"""
+
+
+@contextlib.contextmanager
+def busy_processes(n: int, seconds: float) -> Iterator[list[subprocess.Popen]]:
+    """``n`` processes that each keep one core busy (a Python spin loop) while the block runs.
+
+    They are stopped when the block ends; each also ends by itself after ``seconds`` or when
+    this process is gone (its parent changes), so none outlives the benchmark."""
+    end = time.monotonic() + seconds  # CLOCK_MONOTONIC: the same clock in the children
+    procs = [subprocess.Popen([sys.executable, "-c", _SPIN, repr(end), str(os.getpid())],
+                              stdin=subprocess.DEVNULL) for _ in range(n)]
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def busy_aware(step: Callable[[list[torch.Tensor]], object]) -> Callable[[list[torch.Tensor]], object]:
+    """``step`` run with the busy-aware thread count (:func:`siamgrad.cpu.limit_threads`)."""
+
+    def run(views: list[torch.Tensor]) -> object:
+        with cpu.limit_threads():
+            return step(views)
+
+    return run
+
+
+def load_average() -> str:
+    """The 1-, 5- and 15-minute load averages, as ``a/b/c``."""
+    return "/".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,29 +356,55 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--views", type=int, default=2)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the peer pipeline")
-    p.add_argument("--threads", type=int, default=2, help="torch threads of the training process (both sides)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads of the training process, both sides (default: the CPUs available)")
     p.add_argument("--backbone", default="small", help="the small-backbone comparison (ratio=)")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"], help="dtype of the ratio= comparison")
     p.add_argument("--no-channels-last", action="store_true", help="contiguous layout in the ratio= comparison")
     p.add_argument("--resnet-batch", type=int, default=64, help="batch of the ResNet-18 fp32 comparison")
     p.add_argument("--skip-resnet18", action="store_true")
     p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--contention", type=int, default=0, metavar="N",
+                   help="run beside N busy processes started (and stopped) by the benchmark")
+    p.add_argument("--contention-seconds", type=float, default=1800.0,
+                   help="the busy processes stop by themselves after this long at the latest")
+    p.add_argument("--busy-step", action="store_true",
+                   help="run siamgrad's whole step (not only its augmentation) on the busy-aware thread count")
     args = p.parse_args(argv)
+    if args.contention < 0:
+        p.error("--contention must be >= 0")
+    args.threads = args.threads or cpu.available_cpus()
     torch.set_num_threads(args.threads)
+    print(f"load_average_start={load_average()}")
+    with busy_processes(args.contention, args.contention_seconds):
+        code = run(args)
+    print(f"load_average_end={load_average()}")
+    return code
+
+
+def run(args: argparse.Namespace) -> int:
+    """The measurements of :func:`main` (beside the busy processes, if any)."""
     rounds = args.rounds or (2 if args.quick else 3)
     aug_steps, step_steps, rn_steps = (10, 3, 2) if args.quick else (30, 6, 3)
     cl = not args.no_channels_last
     data = load_images(args.data_root)
     print(f"data: {len(data)} images {data.image_size}x{data.image_size} ({data.name}); batch {args.batch}, "
           f"{args.views} views, {args.threads} threads; peer: torchvision transforms on PIL images, "
-          f"DataLoader with {args.workers} workers; {rounds} interleaved rounds, medians")
+          f"DataLoader with {args.workers} workers; {rounds} interleaved rounds, medians"
+          + (f"; beside {args.contention} busy processes" if args.contention else ""))
     vi = args.batch * args.views
     peer = peer_dataset(data, args.views)
 
     # 1. augmentation alone
     ours = iter(BatchedViews(data, args.views, args.batch))
+
+    def ours_aug() -> float:
+        print(f"  siamgrad augmentation threads now: {cpu.busy_aware_threads()} of {torch.get_num_threads()} "
+              f"(load average {load_average()})", file=sys.stderr, flush=True)
+        return timed_rate(ours, None, 2, aug_steps, vi)
+
     aug = interleaved({
-        "siamgrad augment": lambda: timed_rate(ours, None, 2, aug_steps, vi),
+        "siamgrad augment": ours_aug,
         "peer augment": lambda: peer_trial(peer, args.workers, None, 2, aug_steps, args.batch),
     }, rounds)
     print(f"augmentation only: siamgrad {aug['siamgrad augment']:,.0f} view-images/s, "
@@ -288,9 +412,10 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. whole step, small backbone, the preset's dtype/layout
     model = make_model(args.backbone, args.precision, cl)
+    ours_step = busy_aware(model.step) if args.busy_step else model.step
     tag = f"{args.backbone} backbone, {args.precision}{' + channels_last' if cl else ''}"
     step = interleaved({
-        "siamgrad step": lambda: timed_rate(ours, model.step, 1, step_steps, vi),
+        "siamgrad step": lambda: timed_rate(ours, ours_step, 1, step_steps, vi),
         "peer step": lambda: peer_trial(peer, args.workers, model.step, 1, step_steps, args.batch),
     }, rounds)
     print(f"whole step ({tag}, batch {args.batch}): siamgrad {step['siamgrad step']:,.0f} view-images/s, "
@@ -315,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
         ours_rn = iter(BatchedViews(data, args.views, rb, seed=1))
         m18 = make_model("resnet18", "fp32", False)
         rn = interleaved({
-            "siamgrad resnet18 step": lambda: timed_rate(ours_rn, m18.step, 1, rn_steps, rb * args.views),
+            "siamgrad resnet18 step": lambda: timed_rate(ours_rn, busy_aware(m18.step) if args.busy_step else m18.step,
+                                                         1, rn_steps, rb * args.views),
             "peer resnet18 step": lambda: peer_trial(peer, args.workers, m18.step, 1, rn_steps, rb),
         }, rounds)
         print(f"whole step (resnet18 CIFAR stem, fp32, batch {rb}): siamgrad {rn['siamgrad resnet18 step']:,.1f} "
