@@ -66,6 +66,14 @@ def test_available_cpus_is_the_mask_bounded_by_the_quota_rounded_up(monkeypatch)
     assert cpu.available_cpus(quota=None) == 3
 
 
+def test_default_threads_respects_the_launcher():
+    assert cpu.default_threads({}, cpus=8) == 8
+    assert cpu.default_threads({"OMP_NUM_THREADS": "1", "LOCAL_WORLD_SIZE": "4"}, cpus=8) == 1  # torchrun's
+    assert cpu.default_threads({"LOCAL_WORLD_SIZE": "4"}, cpus=8) == 2
+    assert cpu.default_threads({"LOCAL_WORLD_SIZE": "4"}, cpus=2) == 1
+    assert cpu.default_threads({"OMP_NUM_THREADS": "", "LOCAL_WORLD_SIZE": "x"}, cpus=3) == 3
+
+
 # -- busy-aware counts
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "available_cpus",
     "busy_aware_threads",
     "cgroup_cpu_quota",
+    "default_threads",
     "free_cores",
     "limit_threads",
     "threads_for",
@@ -150,6 +151,19 @@ def available_cpus(affinity: int | None = None, quota: float | None | object = _
     if q is not None:
         n = min(n, math.ceil(q - 1e-9))
     return max(1, n)
+
+
+def default_threads(env: dict[str, str] | None = None, cpus: int | None = None) -> int:
+    """Torch threads for a process not told how many: ``OMP_NUM_THREADS`` when set (``torchrun``
+    sets 1 for several processes per node), else the available CPUs shared by this node's
+    ``LOCAL_WORLD_SIZE`` processes, at least 1."""
+    env = os.environ if env is None else env
+    raw = (env.get("OMP_NUM_THREADS") or "").strip()
+    if raw.isdigit() and int(raw) > 0:
+        return int(raw)
+    local = (env.get("LOCAL_WORLD_SIZE") or "").strip()
+    n = available_cpus() if cpus is None else cpus
+    return max(1, n // (int(local) if local.isdigit() and int(local) > 0 else 1))
 
 
 def free_cores(cpus: int, load: float, own: float) -> float:

@@ -36,6 +36,7 @@ from torch import nn
 from siamgrad import distributed as D
 from siamgrad.augment.multiview import build_augment
 from siamgrad.config import Config, resolve, to_dict
+from siamgrad.cpu import default_threads
 from siamgrad.data.sets import load_data, make_batches, should_stream
 from siamgrad.errors import CheckpointError, ConfigError, TrainingError
 from siamgrad.methods.from_config import build_method, method_options
@@ -76,8 +77,10 @@ class Trainer:
     def __init__(self, cfg: Config, *, log: bool = True):
         self.cfg = cfg = resolve(cfg)
         method_options(cfg)  # a bad method option fails before any data is read
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        # threads unset: at most the CPUs this process may use (affinity mask, cgroup quota,
+        # torchrun's OMP_NUM_THREADS), not every core of the host; the CPU augmentation takes
+        # fewer when the machine is busy (siamgrad.cpu)
+        torch.set_num_threads(cfg.threads or min(torch.get_num_threads(), default_threads()))
         self.device = torch.device(cfg.device)
         self.amp_dtype = torch.bfloat16 if cfg.precision == "bf16" else None
         self.dist = D.init_from_env(self.device.type)  # torchrun's environment (a no-op for one process)
