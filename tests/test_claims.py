@@ -76,7 +76,7 @@ def _fake_train(store, trained, knn):
     """Stands in for train with its resume contract: a run folder that finished with the same
     config returns its result without training; anything else trains (recorded) and finishes."""
     import siamgrad.train.loop as train_mod
-    from siamgrad.config import to_dict
+    from siamgrad.config import dump_yaml, to_dict
 
     def fake(cfg, log=True):
         folder = Path(cfg.out_dir) / cfg.run_name
@@ -89,6 +89,7 @@ def _fake_train(store, trained, knn):
             trained.append(cfg.run_name)
             folder.mkdir(parents=True, exist_ok=True)
             done.write_text(json.dumps({"config": conf}))
+            (folder / "config.yaml").write_text(dump_yaml(cfg))
         store[cfg.run_name] = cfg.seed
         return train_mod.TrainResult(folder, 7, knn(cfg.run_name, cfg.seed), 20.0, 30.0, 42.0)
 
@@ -127,6 +128,26 @@ def test_seeds_repeat_every_run_and_resume_without_retraining(tmp_path, monkeypa
         reproduce.run_experiment("toy_seeds", ["seeds=2", "seed=4"], out_dir=str(tmp_path), log=False)
     with pytest.raises(ConfigError, match="seeds=0 is not a positive whole number"):
         reproduce.run_experiment("toy_seeds", ["seeds=0"], out_dir=str(tmp_path), log=False)
+
+
+def test_seeds_reuse_a_run_trained_before_as_seed_0(tmp_path, monkeypatch):
+    """A grid first run without seeds=: seeds=2 trains only seed 1, seed 0 is the existing run."""
+    import siamgrad.train.loop as train_mod
+
+    seen, trained = {}, []
+    monkeypatch.setattr(train_mod, "train", _fake_train(seen, trained, lambda name, seed: 40.0 + seed))
+    exp = reproduce.Experiment("toy", sizes={"cpu": TINY}, runs=[("a", ["method=simclr"]), ("b", ["method=byol"])])
+    monkeypatch.setitem(reproduce.EXPERIMENTS, "toy_legacy", exp)
+    reproduce.run_experiment("toy_legacy", [], out_dir=str(tmp_path), log=False)
+    md = reproduce.run_experiment("toy_legacy", ["seeds=2"], out_dir=str(tmp_path), log=False)
+    assert trained == ["a", "b", "a-s1", "b-s1"]
+    rows = list(csv.DictReader(open(md.parent / "results.csv")))
+    assert [(r["run"], r["seed"], r["knn_top1"]) for r in rows] == [
+        ("a", "0", "40.0"), ("b", "0", "40.0"), ("a", "1", "41.0"), ("b", "1", "41.0")]
+    # a run trained before with another seed is not seed 0: seed 0 gets its own folder
+    reproduce.run_experiment("toy_legacy", ["only=a", "seed=5"], out_dir=str(tmp_path / "other"), log=False)
+    reproduce.run_experiment("toy_legacy", ["only=a", "seeds=1"], out_dir=str(tmp_path / "other"), log=False)
+    assert trained[-2:] == ["a", "a-s0"]
 
 
 def test_seeds_with_real_training_reuse_finished_runs(tmp_path, monkeypatch):
@@ -278,7 +299,6 @@ def test_cli_reproduce_claims_is_wired(tmp_path, monkeypatch):
     assert calls == [(["size=cpu", "train=false"], str(tmp_path))]
 
 
-@pytest.mark.slow
 def test_reproduce_claims_on_the_real_registry_trains_each_named_run_once(tmp_path, monkeypatch):
     """The real claims over the real grids (train faked): every run they name, one seed, no other."""
     import siamgrad.train.loop as train_mod

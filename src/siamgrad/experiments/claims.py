@@ -344,6 +344,8 @@ def load_results(out_dir: str | Path, size: str, grids: list[str]) -> Results:
             seeded = row.get("seed") not in (None, "")
             seed = int(row["seed"]) if seeded else 0
             folder = root / (f"{row['run']}-s{seed}" if seeded else row["run"])
+            if not folder.is_dir():  # seed 0 reused from a run trained before seeds=
+                folder = root / row["run"]
             if (folder / "metrics.jsonl").is_file():
                 aligns = [r["diag/pred_align"] for r in read_metrics(folder)
                           if isinstance(r.get("diag/pred_align"), (int, float))]

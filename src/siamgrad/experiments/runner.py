@@ -13,7 +13,8 @@ grid's own); ``only=a,b`` trains only the runs labelled ``a`` and ``b``. The res
 
 ``seeds=K`` repeats every run with ``seed=0..K-1`` (the initialization, the data order and the
 augmentation draws) in ``OUT/NAME-SIZE/LABEL-sK``, all runs of seed 0 first; finished runs are
-reused as without it. The table then has a ``seed`` column, and ``results_seeds.csv`` (and a
+reused as without it, and seed 0 is the run ``OUT/NAME-SIZE/LABEL`` trained before without
+``seeds=`` where that one has seed 0 and no ``LABEL-s0`` exists. The table then has a ``seed`` column, and ``results_seeds.csv`` (and a
 second table in ``results.md``) gives per run the number of seeds that finished, the mean kNN top-1
 and its 95% Student-t interval over the seeds (:mod:`siamgrad.experiments.stats`); the plot shows
 the means with those intervals.
@@ -345,6 +346,18 @@ def _split_seeds(settings: list[str]) -> tuple[int | None, list[str]]:
     return seeds, rest
 
 
+def _seed_folder(root: Path, label: str, seed: int) -> str:
+    """The run folder of ``label`` with ``seed``: ``LABEL-sK``, or for seed 0 the folder ``LABEL`` of a
+    run trained without ``seeds=`` (seed 0 in its config.yaml) when ``LABEL-s0`` does not exist."""
+    if seed == 0 and not (root / f"{label}-s0").exists() and (root / label / "config.yaml").is_file():
+        import yaml
+
+        saved = yaml.safe_load((root / label / "config.yaml").read_text())
+        if isinstance(saved, dict) and saved.get("seed") == 0:
+            return label
+    return f"{label}-s{seed}"
+
+
 def _split_only(settings: list[str]) -> tuple[list[str] | None, list[str]]:
     """``only=a,b``: the labels of the runs to train (all when absent)."""
     only, rest = None, []
@@ -505,7 +518,7 @@ def run_experiment(name: str, settings: list[str] | None = None, out_dir: str = 
     rows: list[dict] = []
     # with seeds: every run of seed 0, then of seed 1, ... (an early complete first pass)
     plan = ([(label, label, s, None) for label, s in runs] if seeds is None else
-            [(f"{label}-s{k}", label, [*s, f"seed={k}"], k) for k in range(seeds) for label, s in runs])
+            [(_seed_folder(root, label, k), label, [*s, f"seed={k}"], k) for k in range(seeds) for label, s in runs])
     for folder, label, run_settings, seed in plan:
         run_dir = root / folder
         timing = run_dir / "timing.json"
