@@ -363,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-channels-last", action="store_true", help="contiguous layout in the ratio= comparison")
     p.add_argument("--resnet-batch", type=int, default=64, help="batch of the ResNet-18 fp32 comparison")
     p.add_argument("--skip-resnet18", action="store_true")
+    p.add_argument("--skip-variants", action="store_true", help="skip the fp32/bf16 x layout table of siamgrad's step")
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--contention", type=int, default=0, metavar="N",
                    help="run beside N busy processes started (and stopped) by the benchmark")
@@ -370,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="the busy processes stop by themselves after this long at the latest")
     p.add_argument("--busy-step", action="store_true",
                    help="run siamgrad's whole step (not only its augmentation) on the busy-aware thread count")
+    p.add_argument("--fixed-augment-threads", action="store_true",
+                   help="siamgrad's augmentation on --threads whatever the load (its behaviour before siamgrad.cpu)")
     args = p.parse_args(argv)
     if args.contention < 0:
         p.error("--contention must be >= 0")
@@ -396,7 +399,10 @@ def run(args: argparse.Namespace) -> int:
     peer = peer_dataset(data, args.views)
 
     # 1. augmentation alone
-    ours = iter(BatchedViews(data, args.views, args.batch))
+    source = BatchedViews(data, args.views, args.batch)
+    if args.fixed_augment_threads:
+        source.augment.threads = None
+    ours = iter(source)
 
     def ours_aug() -> float:
         print(f"  siamgrad augmentation threads now: {cpu.busy_aware_threads()} of {torch.get_num_threads()} "
@@ -422,16 +428,17 @@ def run(args: argparse.Namespace) -> int:
           f"peer {step['peer step']:,.0f} view-images/s")
 
     # 3. what bf16 autocast and channels_last add to siamgrad's step (small backbone)
-    variants = {}
-    for prec in ("fp32", "bf16"):
-        for layout in (False, True):
-            m = make_model(args.backbone, prec, layout)
-            variants[f"{prec}{' + channels_last' if layout else ''}"] = (
-                lambda m=m: timed_rate(ours, m.step, 1, max(2, step_steps // 2), vi))
-    var = interleaved(variants, rounds)
-    base = var["fp32"]
-    print(f"siamgrad step, {args.backbone} backbone, batch {args.batch}: " + ", ".join(
-        f"{k} {v:,.0f} view-images/s (x{v / base:.2f})" for k, v in var.items()))
+    if not args.skip_variants:
+        variants = {}
+        for prec in ("fp32", "bf16"):
+            for layout in (False, True):
+                m = make_model(args.backbone, prec, layout)
+                variants[f"{prec}{' + channels_last' if layout else ''}"] = (
+                    lambda m=m: timed_rate(ours, m.step, 1, max(2, step_steps // 2), vi))
+        var = interleaved(variants, rounds)
+        base = var["fp32"]
+        print(f"siamgrad step, {args.backbone} backbone, batch {args.batch}: " + ", ".join(
+            f"{k} {v:,.0f} view-images/s (x{v / base:.2f})" for k, v in var.items()))
 
     # 4. whole step, ResNet-18 (CIFAR stem), fp32
     rn = None
