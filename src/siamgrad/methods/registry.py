@@ -116,14 +116,17 @@ def _common(hidden: int, out: int, layers: int, momentum: float, projector: Head
         "proj_hidden_dim": positive_int(hidden, "projector hidden width"),
         "proj_output_dim": positive_int(out, "projector output width"),
         "proj_layers": positive_int(layers, "number of linear layers in the projector"),
+        "proj_hidden_bn": Option(projector.hidden_bn, "bool", "batch norm after the projector's hidden layers"),
+        "proj_hidden_bn_affine": Option(projector.hidden_bn_affine, "bool",
+                                        "weight and bias in the projector's hidden batch norms"),
         "proj_last_bn": Option(projector.last_bn, "bool", "batch norm on the projector's output"),
         "proj_last_bias": Option(projector.last_bias, "bool",
                                  "bias of the projector's last linear layer (none when batch norm follows)"),
     }
-    if projector.hidden_bn:
-        opts["proj_hidden_bn_affine"] = Option(projector.hidden_bn_affine, "bool",
-                                               "weight and bias in the projector's hidden batch norms")
     if predictor is not None:
+        opts["pred_hidden_bn_affine"] = Option(predictor.hidden_bn_affine, "bool",
+                                               "weight and bias in the predictor's hidden batch norms",
+                                               forms=("original",))
         opts["pred_last_bias"] = Option(predictor.last_bias, "bool", "bias of the predictor's last linear layer",
                                         forms=("original",))
     return opts

@@ -28,6 +28,15 @@ if TYPE_CHECKING:
     from siamgrad.methods.spec import MethodSpec
 
 
+def head_spec(base: HeadSpec, options: dict[str, Any], prefix: str) -> HeadSpec:
+    """``base`` (a spec's projector or predictor) with the options ``{prefix}_last_bn`` etc. applied."""
+    flags = {}
+    for flag in ("hidden_bn", "hidden_bn_affine", "last_bn", "last_bias"):
+        if f"{prefix}_{flag}" in options:
+            flags[flag] = bool(options[f"{prefix}_{flag}"])
+    return dataclasses.replace(base, **flags)
+
+
 class SiameseMethod(nn.Module):
     """Backbone + projector (+ predictor) + target branch + objective of one registered method.
 
@@ -76,12 +85,7 @@ class SiameseMethod(nn.Module):
         self.last_momentum: float = float(o["momentum"])
 
     def _head(self, base: HeadSpec, prefix: str) -> HeadSpec:
-        """The spec's head flags with the method options ``{prefix}_last_bn`` etc. applied."""
-        o, flags = self.options, {}
-        for flag in ("last_bn", "last_bias", "hidden_bn_affine"):
-            if f"{prefix}_{flag}" in o:
-                flags[flag] = bool(o[f"{prefix}_{flag}"])
-        return dataclasses.replace(base, **flags)
+        return head_spec(base, self.options, prefix)
 
     def extra_repr(self) -> str:
         return f"method={self.name}, form={self.form}, target={self.target}"

@@ -4,8 +4,9 @@
 ``Linear -> [BatchNorm1d] -> ReLU``; the last is ``Linear -> [BatchNorm1d]``. A linear layer
 followed by batch norm has no bias (the normalization removes it). The per-method choices follow
 the official code of each method (file by file in docs/methods.md, "Differences from the
-reference implementations"); each flag can be changed by a method option (``proj_last_bn``,
-``proj_last_bias``, ``proj_hidden_bn_affine``, ``pred_last_bias``):
+reference implementations"); each flag can be changed by a method option (``proj_hidden_bn``,
+``proj_hidden_bn_affine``, ``proj_last_bn``, ``proj_last_bias``, ``pred_hidden_bn_affine``,
+``pred_last_bias``):
 
 =============  ==================================================  ================================
 method         projector (in -> hidden ... -> out)                  predictor
