@@ -130,11 +130,12 @@ _CPU_OPTS = dict(_METHOD_RUNS_CPU)
 # widths, optimizer (LARS with eta 0.001 where the reference uses LARS), learning rate per 256
 # images, weight decay, warm-up, EMA momentum and loss coefficients of its official ImageNet code;
 # where the reference ties the projector's hidden width to the backbone's output (SimCLR, MoCo,
-# SimSiam) it is ResNet-18's 512.
+# SimSiam) it is ResNet-18's 512. Every reference forwards each view separately (per-view batch-norm
+# statistics, the default) but SimCLR's, which concatenates the views (view_bn=joint).
 _PAPER_ORIGINAL = {
     "simclr": ["method=simclr", "method.proj_hidden_dim=512", "method.proj_output_dim=128", "method.proj_layers=2",
-               "method.temperature=0.1", "optim.name=lars", "optim.lr=0.3", "optim.weight_decay=1e-6",
-               "optim.warmup_epochs=10"],
+               "method.temperature=0.1", "method.view_bn=joint", "optim.name=lars", "optim.lr=0.3",
+               "optim.weight_decay=1e-6", "optim.warmup_epochs=10"],
     "moco": ["method=moco", "method.proj_hidden_dim=512", "method.proj_output_dim=128", "method.proj_layers=2",
              "method.temperature=0.2", "method.queue_size=65536", "method.momentum=0.999",
              "method.momentum_schedule=constant", "optim.name=sgd", "optim.lr=0.03", "optim.weight_decay=1e-4",
@@ -157,12 +158,14 @@ _PAPER_ORIGINAL = {
                "optim.lr=0.2", "optim.weight_decay=1e-6", "optim.warmup_epochs=10"],
 }
 # UniGrad's gradient forms (fundamentalvision/UniGrad configs/*.py, project/model.py): every method
-# with the 3-layer 2048-d projector (BN after the hidden layers, a bias in the last one), SGD
+# with the 3-layer 2048-d projector (BN after the hidden layers, a bias in the last one), each view
+# forwarded separately, SGD
 # lr 0.05 per 256 images, weight decay 1e-4, 5 warm-up epochs, EMA momentum 0.996 on the cosine
 # schedule; SimCLR tau 0.2, Barlow Twins lambda 50, BYOL rho 0.99 and eps 0.3, UniGrad lambda 100.
 _UNIGRAD_SETUP = ["method.proj_hidden_dim=2048", "method.proj_output_dim=2048", "method.proj_layers=3",
                   "method.proj_hidden_bn=true", "method.proj_hidden_bn_affine=true", "method.proj_last_bn=false",
-                  "method.proj_last_bias=true", "method.momentum=0.996", "method.momentum_schedule=cosine",
+                  "method.proj_last_bias=true", "method.view_bn=per_view", "method.momentum=0.996",
+                  "method.momentum_schedule=cosine",
                   "optim.name=sgd", "optim.lr=0.05", "optim.weight_decay=1e-4", "optim.warmup_epochs=5"]
 _PAPER_GRADIENT = {
     "simclr": [*_UNIGRAD_SETUP, "method.temperature=0.2"],
