@@ -72,11 +72,19 @@ def _cmd_methods(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from siamgrad.eval.knn import evaluate_checkpoint
+    from siamgrad.eval.checkpoint import evaluate_checkpoint, format_result
 
-    res = evaluate_checkpoint(args.protocol, args.checkpoint, args.settings)
-    for k, v in res.items():
-        print(f"{k}: {v:.2f}%" if isinstance(v, float) else f"{k}: {v}")
+    res = evaluate_checkpoint(args.protocol, args.checkpoint, args.settings, split=args.split,
+                              seeds=args.seeds, epochs=args.epochs, baselines=not args.no_baselines)
+    print(format_result(args.protocol, res))
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from siamgrad.export import export_backbone
+
+    res = export_backbone(args.run, out=args.out, fmt=args.format)
+    print(res.summary())
     return 0
 
 
