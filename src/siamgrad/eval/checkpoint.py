@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from siamgrad.checkpoint import atomic_write_json, config_for_checkpoint
-from siamgrad.config import Config, uses_cifar_stem
-from siamgrad.data.datasets import ImageDataset, load_dataset
-from siamgrad.errors import ConfigError, DataError
+from siamgrad.config import Config, DataConfig, uses_cifar_stem
+from siamgrad.data.in_memory import ImageDataset
+from siamgrad.errors import ConfigError, DataError, SiamgradError
 from siamgrad.eval.features import extract_features, load_backbone, raw_pixel_features
 from siamgrad.eval.fewshot import DEFAULT_FRACTIONS, fewshot_eval
 from siamgrad.eval.finetune import FinetuneSettings, finetune, finetune_augment
@@ -55,28 +55,38 @@ def random_init_backbone(cfg: Config) -> nn.Module:
     return net
 
 
-def labeled_sets(cfg: Config, state: dict) -> tuple[ImageDataset, ImageDataset, int]:
-    """``(train, test, size)``: the run's labeled train and test sets and the encoder's input size."""
-    from siamgrad.data.stream import IMAGEFOLDER_DEFAULT_SIZE, load_train_set, should_stream, stream_eval_sets
+def why_no_labeled_sets(d: DataConfig) -> str:
+    """What the data of ``d`` lacks for evaluation (labels, a test split), in one sentence."""
+    from siamgrad.data.sources import open_source
 
-    d = cfg.data
-    if d.name == "shards" or should_stream(d):
-        # streamed data (shards, large image folders): the trainer's bounded labeled subsets
-        # (at most data.eval_images per split, class-stratified), decoded at the training size
-        size = int(state.get("image_size") or cfg.augment.size or d.image_size or IMAGEFOLDER_DEFAULT_SIZE)
-        train, test = stream_eval_sets(d, load_train_set(d, cfg.seed), size, seed=cfg.seed)
-        if train is None or test is None:
-            raise DataError(f"{d.name} data at {d.root} has no labeled train and {d.test_split} splits to "
-                            "evaluate on; pack or point data.root to a dataset with class labels and a test split")
-    else:
-        train = load_dataset(d.name, d.root, "train", image_size=d.image_size)
-        test = load_dataset(d.name, d.root, d.test_split, image_size=d.image_size)
-        size = int(state.get("image_size") or train.image_size)
-    if train.labels is None or test.labels is None:
-        which = "train" if train.labels is None else d.test_split
-        raise DataError(f"the {which} split of {d.name} data at {d.root} has no class labels; "
-                        "evaluation needs labeled train and test splits (class subfolders)")
-    return train, test, size
+    where = f"{d.name} data at {d.root}" if d.root else f"{d.name} data"
+    if d.name in ("imagefolder", "shards"):
+        try:
+            train = open_source(d.name, d.root, "train")
+        except SiamgradError as e:
+            return f"the training images of {where} could not be opened ({e})"
+        if train.labels is None:
+            return (f"the images of {where} have no class labels (no class subfolders); evaluation needs "
+                    f"labeled train and '{d.test_split}' splits")
+        try:
+            test = open_source(d.name, d.root, d.test_split)
+        except SiamgradError as e:
+            return (f"{where} has class labels but no '{d.test_split}' split to evaluate on ({e}); add one or "
+                    "set data.test_split")
+        if test.labels is None:
+            return f"the '{d.test_split}' split of {where} has no class labels (no class subfolders)"
+    return f"{where} has no labeled train and '{d.test_split}' splits to evaluate on"
+
+
+def labeled_sets(cfg: Config, state: dict) -> tuple[ImageDataset, ImageDataset, int]:
+    """``(train, test, size)``: the labeled sets the trainer evaluated the run on
+    (:func:`siamgrad.data.sets.load_data`) and the encoder's input size."""
+    from siamgrad.data.sets import load_data
+
+    sets = load_data(cfg.data, seed=cfg.seed, size=state.get("image_size") or cfg.augment.size)
+    if sets.knn_train is None or sets.knn_test is None:
+        raise DataError(why_no_labeled_sets(cfg.data) + "; point data.root to a dataset with class labels and a test split")
+    return sets.knn_train, sets.knn_test, sets.image_size
 
 
 def eval_split(train: ImageDataset, test: ImageDataset, split: str, seed: int) -> tuple[ImageDataset, ImageDataset]:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from siamgrad.augment.multiview import PRESETS, MultiViewAugment, normalize_only
-from siamgrad.data.datasets import ImageDataset
+from siamgrad.data.in_memory import ImageDataset
 
 _NO_COLOR = dict(jitter_p=0.0, gray_p=0.0, blur_p=0.0, solarize_p=0.0)
 
