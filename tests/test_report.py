@@ -31,7 +31,8 @@ def _rankme(p: list[float]) -> float:
 
 
 def write_run(root: Path, name: str, *, method: str, collapse: bool, diagnostics: bool = True,
-              results: bool = True, width: int = 32, steps: int = 200, steps_per_epoch: int = 20) -> Path:
+              results: bool = True, width: int = 32, steps: int = 200, steps_per_epoch: int = 20,
+              dim_rank_frac: float | None = 0.05, exact: bool = False, data: dict | None = None) -> Path:
     """A run folder like the trainer writes; the collapsing run's spectrum concentrates on few directions."""
     d = root / name
     d.mkdir(parents=True)
@@ -49,7 +50,8 @@ def write_run(root: Path, name: str, *, method: str, collapse: bool, diagnostics
                 "diag/std_ratio": (1 - 0.9 * t) if collapse else 0.9, "diag/spec_top1_frac": spec[0],
                 "diag/spectrum": spec, "diag/pred_align": 0.6 + 0.3 * t,
                 "grad/true_norm": 1.2, "grad/pos_norm": 1.0, "grad/neg_norm": 0.4 + t, "grad/lambda": 100.0,
-                "grad/lambda_eff": 100.0 + 5 * t, "grad/cos_unified": 0.99,
+                "grad/lambda_eff": 100.0 * (1 + 1e-9 * t) if exact else 100.0 + 5 * t,
+                "grad/cos_unified": 1.0 - 1e-12 if exact else 0.99,
             })
         if s % steps_per_epoch == 0:
             acc = 80.0 - 40.0 * math.exp(-s / 60) if not collapse else 30.0 - 5 * s / steps
@@ -59,8 +61,10 @@ def write_run(root: Path, name: str, *, method: str, collapse: bool, diagnostics
         for r in recs:
             f.write(json.dumps(r) + "\n")
         f.write('{"step": 205, "loss": 0.')  # a torn last line (crash mid-write)
-    cfg = {"method": {"name": method, "lam": 100.0}, "data": {"name": "digits"}, "epochs": steps // steps_per_epoch,
-           "batch_size": 64, "optim": {"lr": 0.03}}
+    cfg = {"method": {"name": method, "lam": 100.0}, "data": data or {"name": "digits"},
+           "epochs": steps // steps_per_epoch, "batch_size": 64, "optim": {"lr": 0.03}}
+    if dim_rank_frac is not None:
+        cfg["diag"] = {"dim_rank_frac": dim_rank_frac, "patience": 3}
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
     if results:
         (d / "results.json").write_text(json.dumps({
@@ -108,12 +112,12 @@ def test_analyze_healthy_run_writes_all_plots_and_embeds_them(runs):
     page_path = report.analyze_run(runs["healthy"])
     out = runs["healthy"] / "report"
     assert page_path == out / "report.html"
-    names = ["loss.png", "knn.png", "spectrum.png", "gradients.png", "rank.png"]
+    names = ["loss.png", "knn.png", "spectrum.png", "gradients.png", "rank.png", "embedding.png"]
     for n in names:
-        check_png(out / n)
+        check_png(out / n, min_colored=0 if n == "embedding.png" else 200)  # no checkpoint: a note
     page = page_path.read_text()
     images = embedded_images(page)
-    assert len(images) == 5
+    assert len(images) == 6
     assert {img for img in images} == {(out / n).read_bytes() for n in names}
     # final numbers from results.json (last kNN = 80 - 40 exp(-200/60))
     final = 80.0 - 40.0 * math.exp(-200 / 60)
@@ -151,7 +155,7 @@ def test_run_without_diagnostics_still_gets_loss_and_knn(runs):
     check_png(out / "knn.png")
     for n in ("spectrum.png", "gradients.png", "rank.png"):
         assert not (out / n).exists()
-    assert len(embedded_images(page)) == 2
+    assert len(embedded_images(page)) == 3  # loss, kNN and the embedding panel (a note: no checkpoint)
     assert "no feature diagnostics recorded" in page
 
 
@@ -202,16 +206,192 @@ def test_compare_two_runs(runs, tmp_path):
     xs, _ = report.load_run(runs["healthy"]).series("diag/eff_rank", x="epoch")
     assert xs == [s / 20 for s in range(20, 201, 20)]
     page = page_path.read_text()
-    assert len(embedded_images(page)) == 3
+    assert len(embedded_images(page)) == 4  # loss, kNN, rank and the embeddings side by side
     md = (out / "compare.md").read_text()
     rows = [line for line in md.splitlines() if line.startswith("| healthy") or line.startswith("| collapsing")]
     assert len(rows) == 2
     healthy = [c.strip() for c in rows[0].strip("|").split("|")]
     collapsing = [c.strip() for c in rows[1].strip("|").split("|")]
     final_h = 80.0 - 40.0 * math.exp(-200 / 60)
-    assert healthy[1] == "unigrad" and healthy[2] == f"{final_h:.2f}" and healthy[4] == "21.25"
-    assert healthy[5] == f"{_rankme(_spectrum(32, 0.3)):.2f}" and healthy[6] == "none"
-    assert collapsing[1] == "simsiam" and collapsing[6].startswith("dimensional")
-    assert "compare_loss.png" in md
-    for cell in healthy[2:6] + collapsing[2:6]:
+    assert healthy[1] == "unigrad" and healthy[2] == "digits" and healthy[3] == f"{final_h:.2f}"
+    assert healthy[5] == "21.25"
+    assert healthy[6] == f"{_rankme(_spectrum(32, 0.3)):.2f}" and healthy[7] == "none"
+    assert collapsing[1] == "simsiam" and collapsing[7].startswith("dimensional")
+    assert "compare_loss.png" in md and "compare_embedding.png" in md
+    for cell in healthy[2:7] + collapsing[2:7]:
         assert cell in page
+
+
+# --------------------------------------------------------------------------------------------
+# report visuals: thresholds from the run's config, notes that say what is missing, readable panels
+
+
+def test_rank_threshold_and_collapse_replay_follow_the_runs_dim_rank_frac(tmp_path):
+    for frac in (0.05, 0.1):
+        d = write_run(tmp_path, f"c{frac}", method="simsiam", collapse=True, results=False, dim_rank_frac=frac)
+        run = report.load_run(d)
+        ranks = [(r["step"], r["diag/eff_rank"]) for r in run.records if "diag/eff_rank" in r]
+        below = [s for s, v in ranks if v < frac * 32]
+        assert report.collapse_events(run)[0]["first_step"] == below[2]
+        fig = report.plot_rank(run, None)
+        thresholds = [ln for ln in fig.axes[0].get_lines() if "threshold" in str(ln.get_label())]
+        assert len(thresholds) == 1 and thresholds[0].get_ydata()[0] == pytest.approx(frac * 32)
+        assert f"diag.dim_rank_frac {frac:g}" in thresholds[0].get_label()
+    # the two thresholds flag the collapse at different steps: the figure really follows the config
+    e05 = report.collapse_events(report.load_run(tmp_path / "c0.05"))[0]["first_step"]
+    e10 = report.collapse_events(report.load_run(tmp_path / "c0.1"))[0]["first_step"]
+    assert e10 < e05
+
+
+def test_loss_panel_is_solid_and_the_lr_gets_a_short_panel_of_its_own(runs, tmp_path):
+    fig = report.plot_loss(report.load_run(runs["healthy"]), None)
+    loss_ax, lr_ax = fig.axes
+    assert lr_ax.get_position().height < 0.4 * loss_ax.get_position().height
+    assert [ln.get_label() for ln in lr_ax.get_lines()] and not any("lr" in str(ln.get_label()) for ln in loss_ax.get_lines())
+    ema = [ln for ln in loss_ax.get_lines() if "EMA" in str(ln.get_label())]
+    assert ema and (ema[0].get_alpha() in (None, 1.0)) and ema[0].get_linewidth() >= 2
+    # a short run (few records, no moving average): the loss itself is drawn solid
+    d = write_run(tmp_path, "short", method="unigrad", collapse=False, steps=20, steps_per_epoch=20)
+    (line,) = report.plot_loss(report.load_run(d), None).axes[0].get_lines()
+    assert line.get_alpha() in (None, 1.0) and line.get_linewidth() >= 2
+
+
+def _texts(ax) -> str:
+    return " ".join(t.get_text() for t in ax.texts)
+
+
+def test_gradient_panels_say_exact_when_the_method_is_its_unified_form(tmp_path, runs):
+    d = write_run(tmp_path, "uni", method="unigrad", collapse=False, exact=True)
+    fig = report.plot_gradients(report.load_run(d), None)
+    _, lam_ax, cos_ax = fig.axes
+    assert "exact for this method" in _texts(lam_ax) and "lambda = 100" in _texts(lam_ax)
+    assert "exact for this method" in _texts(cos_ax) and not lam_ax.get_lines() and not cos_ax.get_lines()
+    # a method whose gradient differs from its form keeps its curves
+    fig = report.plot_gradients(report.load_run(runs["healthy"]), None)
+    assert fig.axes[1].get_lines() and "exact" not in _texts(fig.axes[1])
+    check_png(report.plot_gradients(report.load_run(d), tmp_path / "g.png"))
+
+
+def _image_folder(root: Path, classes: bool, test_split: bool) -> Path:
+    for split in (["train", "test"] if test_split else [None]):
+        base = root if split is None else root / split
+        for c in (["a", "b"] if classes else [None]):
+            folder = base if c is None else base / c
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(2):
+                Image.fromarray(np.full((8, 8, 3), 40 * i + 20, dtype=np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("classes,test_split,expected", [
+    (True, False, "has class labels but no 'test' split"),
+    (False, False, "have no class labels"),
+])
+def test_knn_panel_says_what_the_image_folder_lacks(tmp_path, classes, test_split, expected):
+    folder = _image_folder(tmp_path / "imgs", classes, test_split)
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / "metrics.jsonl").write_text(json.dumps({"step": 5, "loss": 1.0}) + "\n")
+    (d / "config.yaml").write_text(yaml.safe_dump({"data": {"name": "imagefolder", "root": str(folder),
+                                                            "test_split": "test"}}))
+    run = report.load_run(d)
+    assert expected in report.why_no_evaluation(run)
+    fig = report.plot_knn(run, None)
+    assert "labels needed" not in _texts(fig.axes[0]) and "no kNN" in _texts(fig.axes[0])
+
+
+def test_compare_draws_one_epoch_runs_as_marked_lines_and_names_the_dataset(tmp_path, runs):
+    one = write_run(tmp_path, "one-epoch", method="unigrad", collapse=False, steps=20, steps_per_epoch=20,
+                    data={"name": "cifar10", "root": "/data/cifar10-subset", "fraction": 0.5})
+    rs = [report.load_run(runs["healthy"]), report.load_run(one)]
+    fig = report._compare_plot(rs, ["healthy", "one-epoch"], "knn_acc", None, "kNN", "top-1", "epoch",
+                               start="random_knn")
+    lines = {ln.get_label(): ln for ln in fig.axes[0].get_lines()}
+    single = lines["one-epoch"]
+    assert single.get_marker() == "o" and len(single.get_xdata()) == 1
+    # its curve starts at the random-init encoder's kNN at epoch 0, joined to its one evaluation
+    joins = [ln for ln in fig.axes[0].get_lines() if list(ln.get_xdata()) == [0.0, 1.0]]
+    assert any(list(ln.get_ydata()) == [21.25, single.get_ydata()[0]] for ln in joins)
+    assert report.run_summary(rs[1])["dataset"] == "cifar10 (cifar10-subset), 50% of the images"
+    page = report.compare_runs([runs["healthy"], one], tmp_path / "cmp", embedding=False).read_text()
+    assert "<th>dataset</th>" in page and "cifar10 (cifar10-subset), 50% of the images" in page
+
+
+@pytest.fixture(scope="module")
+def checkpoint_run(tmp_path_factory):
+    """A digits run folder with a real checkpoint (tiny backbone), as the trainer writes it."""
+    import torch
+
+    from siamgrad.checkpoint import save_checkpoint
+    from siamgrad.config import build_config, resolve, to_dict
+    from siamgrad.data.datasets import load_dataset
+    from siamgrad.data.in_memory import channel_stats
+    from siamgrad.methods.from_config import build_method
+
+    cfg = resolve(build_config(["backbone=tiny", "method.proj_hidden_dim=32", "method.proj_output_dim=16"]))
+    torch.manual_seed(0)
+    method = build_method(cfg)
+    mean, std = channel_stats(load_dataset("digits", None, "train"))
+    d = write_run(tmp_path_factory.mktemp("ck"), "ck", method="unigrad", collapse=False)
+    save_checkpoint({"config": to_dict(cfg), "step": 9, "total_steps": 9, "method": method.state_dict(),
+                     "mean": list(mean), "std": list(std), "image_size": 16}, d / "latest.pt")
+    return d
+
+
+def test_embedding_of_test_features_from_the_checkpoint(checkpoint_run, tmp_path):
+    import torch
+
+    from siamgrad.data.datasets import load_dataset
+    from siamgrad.report.embedding import compute_embedding
+
+    test = load_dataset("digits", None, "test")
+    emb = compute_embedding(checkpoint_run, tmp_path, max_points=300, seed=0)
+    assert emb["points"] == 300 and emb["total"] == len(test) and len(emb["xy"]) == 300
+    idx = torch.sort(torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:300]).values
+    assert emb["labels"] == test.labels[idx].tolist() and emb["classes"] == test.classes
+    xy = np.asarray(emb["xy"])
+    lab = np.asarray(emb["labels"])
+    dist = ((xy[:, None] - xy[None]) ** 2).sum(-1)
+    np.fill_diagonal(dist, np.inf)
+    one_nn = (lab[dist.argmin(1)] == lab).mean()
+    assert one_nn > 0.5  # neighbourhoods keep classes (chance: 0.1)
+    stamp = (tmp_path / "embedding.json").stat().st_mtime_ns
+    assert compute_embedding(checkpoint_run, tmp_path, max_points=300, seed=0)["xy"] == emb["xy"]  # the cache
+    assert (tmp_path / "embedding.json").stat().st_mtime_ns == stamp
+    other = compute_embedding(checkpoint_run, tmp_path / "o", max_points=300, seed=1)
+    assert other["xy"] != emb["xy"]
+
+
+def test_report_puts_the_embedding_beside_the_spectrum(checkpoint_run):
+    page = report.analyze_run(checkpoint_run).read_text()
+    check_png(checkpoint_run / "report" / "embedding.png")
+    row = page[page.index('<div class="row">'):]
+    row = row[: row.index("</div></div>") + 12]
+    assert row.count("<img") == 2 and 't-SNE of test features' in row and "Eigen-spectrum" in row
+    page2 = report.compare_runs([checkpoint_run, checkpoint_run.parent / "ck"], checkpoint_run.parent / "cmp").read_text()
+    assert "Test-feature embeddings" in page2
+    check_png(checkpoint_run.parent / "cmp" / "compare_embedding.png")
+
+
+def test_train_summary_says_what_each_number_means(tmp_path):
+    from siamgrad.report.summary import train_summary
+
+    d = tmp_path / "digits"
+    d.mkdir()
+    (d / "config.yaml").write_text(yaml.safe_dump({"data": {"name": "digits", "test_split": "test"},
+                                                   "eval": {"knn_k": 200}}))
+    text = train_summary(d, 87.80, 71.84, 94.24)
+    first, *rest = text.splitlines()
+    assert first.startswith("kNN top-1: trained 87.80% | random-init 71.84% | raw pixels 94.24%")
+    body = "\n".join(rest)
+    assert f"{87.80 - 71.84:+.2f} points" in body and "what pretraining learned" in body
+    assert "nearly separable in pixel space" in body and "gain over random init is the" in body
+    assert str(d) in text.splitlines()[-1]
+    c = tmp_path / "cifar"
+    c.mkdir()
+    (c / "config.yaml").write_text(yaml.safe_dump({"data": {"name": "cifar10"}}))
+    assert "3.00 points above them" in train_summary(c, 38.0, 28.5, 35.0)
+    below = train_summary(c, 30.0, 31.0, 35.0)
+    assert "5.00 points above the encoder" in below and "-1.00 points, pretraining has not helped yet" in below
+    assert "separable" not in below
+    assert train_summary(c, None, 31.0, 35.0, stopped_early=True).count("\n") == 1

@@ -18,9 +18,16 @@ optional; a missing one only drops the plot or the table cell that needs it):
   ``grad/lambda_eff``, ``grad/scale_eff``, ``grad/cos_unified``, ``grad/cos_fit``,
   ``grad/fit_residual``.
 
-:func:`analyze_run` writes ``report/{loss,knn,spectrum,gradients,rank}.png`` and one
-self-contained ``report/report.html`` (images embedded as base64); :func:`compare_runs` puts
-several runs on the same axes and writes ``compare.html`` and ``compare.md``.
+``results.json`` may also hold ``eval`` entries merged by ``siamgrad eval`` (kNN, linear probe,
+few labels, fine-tuning; :mod:`siamgrad.eval.checkpoint`), shown in one table; the run's
+``config.yaml`` gives the dataset and the collapse thresholds (``diag.dim_rank_frac``,
+``diag.patience``) the plots draw.
+
+:func:`analyze_run` writes ``report/{loss,knn,spectrum,embedding,gradients,rank}.png`` and one
+self-contained ``report/report.html`` (images embedded as base64); the embedding is a t-SNE of
+the test features computed from the run's checkpoint (:mod:`siamgrad.report.embedding`).
+:func:`compare_runs` puts several runs on the same axes, their embeddings side by side, and
+writes ``compare.html`` and ``compare.md``.
 
 Plots use matplotlib's object-oriented API on the Agg canvas (no pyplot, no global backend
 change, safe in headless processes).
@@ -36,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from siamgrad.checkpoint import atomic_write_text
 from siamgrad.errors import SiamgradError
 
 __all__ = ["RunData", "load_run", "run_summary", "collapse_events", "analyze_run", "compare_runs"]
@@ -108,6 +116,27 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def config_value(run: "RunData", key: str, default: Any = None) -> Any:
+    """The dotted ``key`` of the run's config.yaml (``default`` when absent)."""
+    node: Any = run.config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def collapse_thresholds(run: "RunData") -> tuple[float, int]:
+    """``(dim_rank_frac, patience)`` the run's collapse detector used: ``diag.*`` of config.yaml,
+    else the defaults of :class:`siamgrad.config.DiagConfig` (what the trainer runs with)."""
+    from siamgrad.config import DiagConfig
+
+    frac = config_value(run, "diag.dim_rank_frac")
+    patience = config_value(run, "diag.patience")
+    return (float(frac) if _is_num(frac) else DiagConfig.dim_rank_frac,
+            int(patience) if _is_num(patience) else DiagConfig.patience)
+
+
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     out = []
     for line in path.read_text().splitlines():
@@ -168,7 +197,7 @@ def _first_record_value(run: RunData, key: str) -> float | None:
 def run_summary(run: RunData) -> dict[str, Any]:
     """Final numbers of a run: results.json first, the metrics records otherwise (``None`` when unknown).
 
-    Keys: ``method``, ``steps``, ``final_loss``, ``final_knn``, ``best_knn``, ``random_knn``,
+    Keys: ``method``, ``dataset``, ``steps``, ``final_loss``, ``final_knn``, ``best_knn``, ``random_knn``,
     ``raw_pixel_knn``, ``online_probe``, ``images_per_s`` (median), ``final_eff_rank``,
     ``width``, ``final_std_ratio``, ``final_pred_align``, ``final_lambda_eff``,
     ``final_cos_unified``, ``collapse`` (text).
@@ -185,6 +214,7 @@ def run_summary(run: RunData) -> dict[str, Any]:
     events = collapse_events(run)
     return {
         "method": run.method,
+        "dataset": dataset_label(run),
         "steps": int(max(steps)) if steps else None,
         "final_loss": pick("final_loss", _last(run, "loss")),
         "final_knn": pick("knn_accuracy", knn[-1] if knn else None),
@@ -203,13 +233,28 @@ def run_summary(run: RunData) -> dict[str, Any]:
     }
 
 
+def dataset_label(run: RunData) -> str | None:
+    """``NAME`` of the run's data, with the data folder's name and the fraction used when they say more."""
+    name = config_value(run, "data.name")
+    if not name:
+        return None
+    root, frac = config_value(run, "data.root"), config_value(run, "data.fraction")
+    label = str(name)
+    if root:
+        label += f" ({Path(str(root)).name or root})"
+    if _is_num(frac) and frac < 1:
+        label += f", {100 * frac:g}% of the images"
+    return label
+
+
 def collapse_events(run: RunData) -> list[dict[str, Any]]:
     """Collapse episodes: ``[{"kind", "first_step", "last_step", "message"}]``.
 
     Uses the ``diag/collapse`` messages the trainer logged when there are any (a diagnostic record
     without one counts as healthy); otherwise replays a
-    :class:`~siamgrad.diagnostics.monitor.CollapseDetector` (default thresholds) over the ``diag/*``
-    records. Consecutive reports of the same kind form one episode.
+    :class:`~siamgrad.diagnostics.monitor.CollapseDetector` over the ``diag/*``
+    records with the run's own ``diag.dim_rank_frac`` and ``diag.patience``. Consecutive reports of
+    the same kind form one episode.
     """
     diag = [r for r in run.records
             if isinstance(r.get("diag/collapse"), str) or any(k.startswith("diag/") and _is_num(v) for k, v in r.items())]
@@ -227,7 +272,8 @@ def collapse_events(run: RunData) -> list[dict[str, Any]]:
             return []
         from siamgrad.diagnostics.collapse import CollapseDetector
 
-        det = CollapseDetector(width)
+        frac, patience = collapse_thresholds(run)
+        det = CollapseDetector(width, dim_rank_frac=frac, patience=patience)
         for r in diag:
             msg = det.check(r)
             reports.append((r.get("step"), det.events[-1][1] if msg else "", msg or ""))
@@ -290,7 +336,11 @@ def _figure(ncols: int = 1, width: float = 6.4, height: float = 4.2):
     return fig, axes
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path | None):
+    """Write ``fig`` to ``path`` and return the path; with ``path=None`` return the figure itself
+    (every ``plot_*`` function takes ``None`` for a figure to inspect instead of a file)."""
+    if path is None:
+        return fig
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
     return path
@@ -343,29 +393,39 @@ def _smooth(ys: Sequence[float], span: int) -> list[float]:
 
 
 def plot_loss(run: RunData, path: Path) -> Path:
-    fig, (ax,) = _figure()
+    """The loss (raw records and, for long runs, their moving average) over a short learning-rate panel."""
+    from matplotlib.figure import Figure
+
     xs, ys = run.series("loss")
+    lx, ly = run.series("lr")
     if not xs:
+        fig, (ax,) = _figure()
         _empty(ax, f"Training loss - {run.name}", "no loss records in metrics.jsonl")
         return _save(fig, path)
-    ax.plot(xs, ys, color="tab:blue", alpha=0.3, lw=1, label="loss")
+    fig = Figure(figsize=(6.4, 4.6), dpi=110, layout="constrained")
+    if lx:
+        ax, axl = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [4, 1]})
+    else:
+        ax, axl = fig.add_subplot(1, 1, 1), None
     span = max(1, len(ys) // 20)
-    if span > 1:
-        ax.plot(xs, _smooth(ys, span), color="tab:blue", lw=2, label=f"loss (EMA, span {span} records)")
-    ax.set_xlabel("step")
+    if span > 1:  # many records: the raw ones faint behind their moving average
+        ax.plot(xs, ys, color="tab:blue", alpha=0.35, lw=0.9, label="loss (every record)")
+        ax.plot(xs, _smooth(ys, span), color="tab:blue", lw=2.2, label=f"loss (EMA, span {span} records)")
+    else:
+        ax.plot(xs, ys, "o-" if len(xs) <= 30 else "-", color="tab:blue", lw=2, ms=3, label="loss")
     ax.set_ylabel("loss")
     ax.set_title(f"Training loss - {_title(run)}")
     ax.grid(alpha=0.3)
-    handles, labels = ax.get_legend_handles_labels()
-    lx, ly = run.series("lr")
-    if lx:
-        ax2 = ax.twinx()
-        ax2.plot(lx, ly, color="tab:orange", lw=1.2, ls="--", label="learning rate")
-        ax2.set_ylabel("learning rate", color="tab:orange")
-        ax2.tick_params(axis="y", colors="tab:orange")
-        h2, l2 = ax2.get_legend_handles_labels()
-        handles, labels = handles + h2, labels + l2
-    ax.legend(handles, labels, loc="upper right", fontsize=8)
+    ax.legend(loc="upper right", fontsize=8)
+    if axl is not None:
+        axl.plot(lx, ly, color="tab:orange", lw=1.2)
+        axl.set_ylabel("lr", color="tab:orange")
+        axl.tick_params(axis="y", labelsize=7)
+        axl.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+        axl.grid(alpha=0.3)
+        axl.set_xlabel("step")
+    else:
+        ax.set_xlabel("step")
     return _save(fig, path)
 
 
@@ -375,7 +435,9 @@ def plot_knn(run: RunData, path: Path) -> Path:
     px, py = run.series("online_probe_acc")
     summary = run_summary(run)
     if not kx and not px and summary["random_knn"] is None and summary["raw_pixel_knn"] is None:
-        _empty(ax, f"kNN accuracy - {run.name}", "no evaluation records in metrics.jsonl\n(labels needed for kNN)")
+        import textwrap
+
+        _empty(ax, f"kNN accuracy - {run.name}", "\n".join(textwrap.wrap(why_no_evaluation(run), 58)))
         return _save(fig, path)
     if kx:
         ax.plot(kx, ky, "o-", color="tab:green", lw=2, ms=4, label="kNN top-1 (trained)")
@@ -393,6 +455,19 @@ def plot_knn(run: RunData, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     return _save(fig, path)
+
+
+def why_no_evaluation(run: RunData) -> str:
+    """Why a run has no kNN records: what its data lacks (labels, a test split), read from config.yaml."""
+    from siamgrad.config import DataConfig
+    from siamgrad.eval.checkpoint import why_no_labeled_sets
+
+    name = config_value(run, "data.name")
+    if name in ("imagefolder", "shards"):
+        d = DataConfig(name=name, root=config_value(run, "data.root"),
+                       test_split=config_value(run, "data.test_split", "test"))
+        return "no kNN: " + why_no_labeled_sets(d)
+    return "no evaluation records in metrics.jsonl (the run ended before its first evaluation)"
 
 
 def _spectra_panel(fig, ax, spectra: list[tuple[float, list[float]]], title: str) -> None:
@@ -443,6 +518,7 @@ def plot_gradients(run: RunData, path: Path) -> Path | None:
     fx, fy = run.series("grad/cos_fit")
     if not (px or nx or lx or cx):
         return None
+    exact = gradient_form_is_exact(run)
     fig, (a1, a2, a3) = _figure(3, width=5.0)
     if tx:
         a1.plot(tx, ty, color="k", lw=1.5, label="true gradient")
@@ -456,6 +532,16 @@ def plot_gradients(run: RunData, path: Path) -> Path | None:
     a1.set_title("Gradient parts")
     a1.grid(alpha=0.3)
     a1.legend(fontsize=8)
+    if exact is not None:
+        lam, worst_cos, worst_lam = exact
+        _empty(a2, "Balance coefficient lambda",
+               f"exact for this method:\nthe true gradient has lambda = {lam:g}\nat every step "
+               f"(largest relative deviation {worst_lam:.1e})")
+        _empty(a3, "True gradient vs unified form",
+               f"exact for this method:\ncos(true, unified form) = 1 at every step\n"
+               f"(smallest cosine 1 - {worst_cos:.1e})")
+        fig.suptitle(f"Gradient decomposition - {_title(run)}")
+        return _save(fig, path)
     if lx:
         a2.plot(lx, ly, color="tab:purple", lw=1.5, label="effective lambda of the true gradient")
     if l0x:
@@ -483,6 +569,21 @@ def plot_gradients(run: RunData, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def gradient_form_is_exact(run: RunData, tol: float = 1e-5) -> tuple[float, float, float] | None:
+    """``(lambda, 1 - min cosine, max |lambda_eff / lambda - 1|)`` when the true gradient equals
+    the unified form at every logged step (UniGrad: its loss is written in that form), else None."""
+    _, cy = run.series("grad/cos_unified")
+    _, ly = run.series("grad/lambda_eff")
+    _, l0 = run.series("grad/lambda")
+    if not cy or not ly or not l0 or len(ly) != len(l0) or any(v == 0 for v in l0):
+        return None
+    worst_cos = max(1.0 - c for c in cy)
+    worst_lam = max(abs(a / b - 1.0) for a, b in zip(ly, l0))
+    if worst_cos > tol or worst_lam > tol or max(l0) - min(l0) > tol * abs(l0[0]):
+        return None
+    return l0[0], max(worst_cos, 0.0), worst_lam
+
+
 def plot_rank(run: RunData, path: Path) -> Path | None:
     """Effective rank (with the width and the collapse threshold) and spread/alignment measures. None without data."""
     rx, ry = run.series("diag/eff_rank")
@@ -491,16 +592,16 @@ def plot_rank(run: RunData, path: Path) -> Path | None:
     tx, ty = run.series("diag/spec_top1_frac")
     if not (rx or sx or ax_):
         return None
-    from siamgrad.diagnostics.collapse import CollapseDetector
-
     fig, (a1, a2) = _figure(2, width=5.6)
     if rx:
         a1.plot(rx, ry, "o-", color="tab:blue", lw=1.5, ms=3, label="effective rank (RankMe)")
     width = _last(run, "diag/width")
     if width:
         a1.axhline(width, color="0.4", ls="--", lw=1, label=f"width D = {int(width)}")
-        thr = CollapseDetector(int(width)).dim_rank_frac * width
-        a1.axhline(thr, color="tab:red", ls=":", lw=1.2, label=f"dimensional-collapse threshold ({thr:.1f})")
+        frac, _ = collapse_thresholds(run)
+        thr = frac * width
+        a1.axhline(thr, color="tab:red", ls=":", lw=1.2,
+                   label=f"dimensional-collapse threshold (diag.dim_rank_frac {frac:g} x D = {thr:.1f})")
     for i, e in enumerate(collapse_events(run)):
         if _is_num(e["first_step"]) and _is_num(e["last_step"]):
             lo, hi = float(e["first_step"]), float(e["last_step"])
@@ -541,6 +642,8 @@ table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
 img{max-width:100%;border:1px solid #eee;margin:.4em 0}.note{color:#666;font-size:.9em}
 .warn{color:#a40000}
+.row{display:flex;gap:8px;align-items:flex-start}.row .wide{flex:2 1 0;min-width:0}.row .narrow{flex:1 1 0;min-width:0}
+code{font-size:.9em}
 """
 
 
@@ -565,6 +668,7 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[Any]], raw: bool = Fal
 
 _SUMMARY_ROWS = [
     ("method", "method"),
+    ("dataset", "dataset"),
     ("steps", "steps"),
     ("final_knn", "final kNN top-1 (%)"),
     ("best_knn", "best kNN top-1 (%)"),
@@ -583,27 +687,95 @@ _SUMMARY_ROWS = [
 ]
 
 
+def _write(path: Path, text: str) -> None:
+    """Atomic write, readable by all like the PNGs beside it (the temporary file is private)."""
+    import os
+
+    atomic_write_text(path, text)
+    os.chmod(path, 0o644)
+
+
 def _page(title: str, body: list[str]) -> str:
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
-def analyze_run(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+def plot_embedding(emb: dict[str, Any], path: Path, title: str) -> Path:
+    """The t-SNE picture of one run's test features (or a note saying why there is none)."""
+    from siamgrad.report.embedding import draw_embedding
+
+    fig, (ax,) = _figure(width=6.0, height=4.8)
+    draw_embedding(ax, emb, title)
+    return _save(fig, path)
+
+
+def _pct(v: Any) -> str:
+    return "" if v is None else _fmt(v)
+
+
+def evaluation_rows(run: RunData) -> list[list[Any]]:
+    """One row per evaluation the run holds: ``[protocol, split, trained, random-init, raw pixels, step, command]``.
+
+    The end-of-training kNN and online probe come from results.json / the records; the rest from
+    the ``eval`` entries ``siamgrad eval`` merged into results.json.
+    """
+    summ = run_summary(run)
+    rows: list[list[Any]] = []
+    if summ["final_knn"] is not None:
+        rows.append(["kNN, end of training", config_value(run, "data.test_split", "test"), _pct(summ["final_knn"]),
+                     _pct(summ["random_knn"]), _pct(summ["raw_pixel_knn"]), summ["steps"], "siamgrad train"])
+    if summ["online_probe"] is not None:
+        rows.append(["online linear probe", config_value(run, "data.test_split", "test"), _pct(summ["online_probe"]),
+                     "", "", summ["steps"], "siamgrad train"])
+    evals = run.results.get("eval") if isinstance(run.results.get("eval"), dict) else {}
+    keys = {"knn": ("knn_top1", "kNN"), "linear": ("linear_test_top1", "linear probe"),
+            "finetune": ("finetune_top1", "fine-tune")}
+    for name, e in evals.items():
+        if not isinstance(e, dict):
+            continue
+        protocol, split, step, cmd = e.get("protocol", name), e.get("split", "test"), e.get("checkpoint_step"), e.get("command", "")
+        if protocol in keys:
+            k, label = keys[protocol]
+            if protocol == "finetune" and _is_num(e.get("epochs")):
+                label += f" ({e['epochs']} epochs)"
+            rows.append([label, split, _pct(e.get(k)), _pct(e.get(k + "_random_init")), _pct(e.get(k + "_raw_pixels")),
+                         step, cmd])
+        elif protocol == "fewshot":
+            cells: dict[tuple, dict[str, str]] = {}
+            for r in e.get("rows") or []:
+                if isinstance(r, dict) and _is_num(r.get("mean")):
+                    label = (f"{100 * r['fraction']:g}% labels ({r['labels']}), "
+                             f"{'kNN' if r['classifier'] == 'knn' else 'linear'}")
+                    cells.setdefault((label,), {})[r["encoder"]] = f"{r['mean']:.2f} ± {r.get('std', 0.0):.2f}"
+            for (label,), c in cells.items():
+                rows.append([label, split, c.get("trained", ""), c.get("random_init", ""), c.get("raw_pixels", ""),
+                             step, cmd])
+    return rows
+
+
+def analyze_run(run_dir: str | Path, out_dir: str | Path | None = None, embedding: bool = True) -> Path:
     """Write the plots and ``report.html`` of one run; returns the path of ``report.html``.
 
     ``out_dir`` defaults to ``run_dir/report``. Always writes ``loss.png`` and ``knn.png`` (a
     "no data" panel when the records lack them); ``spectrum.png``, ``gradients.png`` and
-    ``rank.png`` only when the run logged the diagnostics they need.
+    ``rank.png`` only when the run logged the diagnostics they need; with ``embedding``,
+    ``embedding.png``: t-SNE of the test features from the run's checkpoint
+    (:mod:`siamgrad.report.embedding`; a note when there is no checkpoint or labeled test split).
     """
     run = load_run(run_dir)
     out = Path(out_dir) if out_dir is not None else run.run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     summary = run_summary(run)
+    spectrum = plot_spectrum(run, out / "spectrum.png")
+    emb_png = None
+    if embedding:
+        from siamgrad.report.embedding import compute_embedding
+
+        emb = compute_embedding(run.run_dir, out)
+        emb_png = plot_embedding(emb, out / "embedding.png", f"Test features, t-SNE - {_title(run)}")
     plots: list[tuple[str, Path | None, str]] = [
         ("Loss", plot_loss(run, out / "loss.png"), ""),
         ("kNN accuracy", plot_knn(run, out / "knn.png"), ""),
-        ("Eigen-spectrum", plot_spectrum(run, out / "spectrum.png"),
-         "no diag/spectrum records: log siamgrad.diagnostics.monitor.TrainingMonitor records to see the spectrum"),
         ("Effective rank and collapse", plot_rank(run, out / "rank.png"),
          "no diag/* records: log siamgrad.diagnostics.monitor.TrainingMonitor records to see rank and spread"),
         ("Gradient decomposition", plot_gradients(run, out / "gradients.png"),
@@ -613,8 +785,15 @@ def analyze_run(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     body = [f"<h1>siamgrad run report: {html.escape(run.name)}</h1>",
             f"<p class=\"note\">folder: {html.escape(str(run.run_dir))} &middot; {len(run.records)} metric records</p>",
             "<h2>Final numbers</h2>",
-            _table(["quantity", "value"], [(label, summary[k]) for k, label in _SUMMARY_ROWS]),
-            "<h2>Collapse events</h2>"]
+            _table(["quantity", "value"], [(label, summary[k]) for k, label in _SUMMARY_ROWS])]
+    evals = evaluation_rows(run)
+    if evals:
+        body += ["<h2>Evaluations</h2>",
+                 "<p class=\"note\">top-1 accuracy (%); few-label rows: mean ± std over the label draws. "
+                 "The random-init encoder and raw pixels are scored by the same protocol. "
+                 "Protocols: docs/evaluation.md; more: <code>siamgrad eval knn|linear|fewshot|finetune RUN</code></p>",
+                 _table(["protocol", "split", "trained", "random-init", "raw pixels", "step", "command"], evals)]
+    body.append("<h2>Collapse events</h2>")
     if events:
         body.append(_table(["kind", "first step", "last step", "detail"],
                            [(e["kind"], e["first_step"], e["last_step"], e["message"]) for e in events]))
@@ -622,7 +801,21 @@ def analyze_run(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
         has_diag = any(k.startswith("diag/") for r in run.records for k in r)
         body.append("<p>none detected</p>" if has_diag else
                     "<p class=\"note\">no feature diagnostics recorded, collapse not checked</p>")
-    for title, path, missing in plots:
+    for title, path, missing in plots[:2]:
+        body.append(f"<h2>{html.escape(title)}</h2>")
+        body.append(_img_tag(path, title) if path is not None else f"<p class=\"note\">{html.escape(missing)}</p>")
+    body.append("<h2>Eigen-spectrum and test-feature embedding</h2>" if emb_png else "<h2>Eigen-spectrum</h2>")
+    side = []
+    side.append(f'<div class="wide">{_img_tag(spectrum, "Eigen-spectrum")}</div>' if spectrum is not None else
+                "<p class=\"note\">no diag/spectrum records: log siamgrad.diagnostics.monitor.TrainingMonitor "
+                "records to see the spectrum</p>")
+    if emb_png is not None:
+        side.append(f'<div class="narrow">{_img_tag(emb_png, "t-SNE of test features")}</div>')
+    body.append('<div class="row">' + "".join(side) + "</div>")
+    if emb_png is not None:
+        body.append("<p class=\"note\">t-SNE keeps neighbourhoods, not distances: separated single-colour clusters "
+                    "mean nearby features share a class (what kNN rewards); cluster sizes and gaps mean little.</p>")
+    for title, path, missing in plots[2:]:
         body.append(f"<h2>{html.escape(title)}</h2>")
         body.append(_img_tag(path, title) if path is not None else f"<p class=\"note\">{html.escape(missing)}</p>")
     body.append("<h2>Configuration</h2>")
@@ -631,7 +824,7 @@ def analyze_run(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     else:
         body.append("<p class=\"note\">no config.yaml in the run folder</p>")
     report = out / "report.html"
-    report.write_text(_page(f"siamgrad report: {run.name}", body))
+    _write(report, _page(f"siamgrad report: {run.name}", body))
     return report
 
 
@@ -646,7 +839,11 @@ def _labels(runs: list[RunData]) -> list[str]:
 
 
 def _compare_plot(runs: list[RunData], labels: list[str], key: str, path: Path, title: str, ylabel: str,
-                  x: str, smooth: bool = False, log: bool = False, marker: str = "") -> Path:
+                  x: str, smooth: bool = False, log: bool = False, marker: str = "o",
+                  start: str | None = None) -> Path:
+    """One line per run; markers on every point (a run with a single record still shows as a
+    marked point). ``start``: a :func:`run_summary` key drawn as the run's value at x = 0 (the
+    random-init encoder's kNN is the trained curve's own starting point), as a hollow marker."""
     import matplotlib
 
     fig, (ax,) = _figure(width=7.2, height=4.6)
@@ -656,11 +853,20 @@ def _compare_plot(runs: list[RunData], labels: list[str], key: str, path: Path, 
         xs, ys = run.series(key, x=x)
         if not xs:
             continue
+        color = colors(i % 10)
+        first = run_summary(run)[start] if start else None
+        if first is not None and xs[0] > 0:
+            ax.plot([0.0, xs[0]], [first, ys[0]], ":", color=color, lw=1.4)
+            ax.plot([0.0], [first], marker, mfc="white", mec=color, ms=6)
         if smooth and len(ys) > 20:
-            ax.plot(xs, ys, color=colors(i % 10), alpha=0.2, lw=1)
+            ax.plot(xs, ys, color=color, alpha=0.25, lw=1)
             ys = _smooth(ys, len(ys) // 20)
-        ax.plot(xs, ys, marker + "-", color=colors(i % 10), lw=1.8, ms=4, label=label)
+            ax.plot(xs, ys, "-", color=color, lw=2, label=label)
+        else:
+            ax.plot(xs, ys, marker + "-", color=color, lw=1.8, ms=4 if len(xs) > 40 else 6, label=label)
         drawn += 1
+    if start and drawn:
+        ax.plot([], [], marker, mfc="white", mec="0.3", ls=":", color="0.3", label="random-init encoder (x = 0)")
     if not drawn:
         _empty(ax, title, f"no '{key}' records in any run")
         return _save(fig, path)
@@ -675,16 +881,32 @@ def _compare_plot(runs: list[RunData], labels: list[str], key: str, path: Path, 
     return _save(fig, path)
 
 
-_COMPARE_COLUMNS = [("method", "method"), ("final_knn", "final kNN (%)"), ("best_knn", "best kNN (%)"),
+_COMPARE_COLUMNS = [("method", "method"), ("dataset", "dataset"), ("final_knn", "final kNN (%)"), ("best_knn", "best kNN (%)"),
                     ("random_knn", "random-init kNN (%)"), ("final_eff_rank", "final eff. rank"),
                     ("collapse", "collapse")]
 
 
-def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
+def compare_embeddings(runs: list[RunData], labels: list[str], path: Path) -> Path:
+    """Every run's t-SNE picture of its test features, side by side (three per row)."""
+    from matplotlib.figure import Figure
+
+    from siamgrad.report.embedding import compute_embedding, draw_embedding
+
+    ncols = min(3, len(runs))
+    nrows = math.ceil(len(runs) / ncols)
+    fig = Figure(figsize=(5.0 * ncols + 1.2, 4.4 * nrows), dpi=110, layout="constrained")
+    for i, (run, label) in enumerate(zip(runs, labels)):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        draw_embedding(ax, compute_embedding(run.run_dir), label, legend=(i % ncols == ncols - 1 or i == len(runs) - 1))
+    return _save(fig, path)
+
+
+def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, embedding: bool = True) -> Path:
     """Put several runs on the same plots and tabulate them; returns the path of ``compare.html``.
 
-    Writes ``compare_loss.png``, ``compare_knn.png``, ``compare_rank.png``, ``compare.html``
-    (images embedded) and ``compare.md`` (images linked, table in Markdown) into ``out_dir``.
+    Writes ``compare_loss.png``, ``compare_knn.png``, ``compare_rank.png``, with ``embedding``
+    ``compare_embedding.png`` (each run's t-SNE of its test features, side by side),
+    ``compare.html`` (images embedded) and ``compare.md`` (images linked, table in Markdown) into ``out_dir``.
     The x axis is the epoch when every run's records carry one (runs with different batch sizes
     line up), the step otherwise.
     """
@@ -699,11 +921,13 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
         ("Loss", _compare_plot(runs, labels, "loss", out / "compare_loss.png", "Training loss (EMA-smoothed)",
                                "loss", x, smooth=True)),
         ("kNN accuracy", _compare_plot(runs, labels, "knn_acc", out / "compare_knn.png", "kNN top-1 accuracy",
-                                       "top-1 accuracy (%)", x, marker="o")),
+                                       "top-1 accuracy (%)", x, marker="o", start="random_knn")),
         ("Effective rank", _compare_plot(runs, labels, "diag/eff_rank", out / "compare_rank.png",
                                          "Effective rank of normalized features (RankMe)", "effective rank (log)",
-                                         x, log=True, marker=".")),
+                                         x, log=True, marker="o")),
     ]
+    if embedding:
+        pngs.append(("Test-feature embeddings (t-SNE)", compare_embeddings(runs, labels, out / "compare_embedding.png")))
     summaries = [run_summary(r) for r in runs]
     header = ["run"] + [label for _, label in _COMPARE_COLUMNS]
     rows = [[lab] + [s[k] for k, _ in _COMPARE_COLUMNS] for lab, s in zip(labels, summaries)]
@@ -711,7 +935,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
     for title, path in pngs:
         body += [f"<h2>{html.escape(title)}</h2>", _img_tag(path, title)]
     page = out / "compare.html"
-    page.write_text(_page("siamgrad comparison", body))
+    _write(page, _page("siamgrad comparison", body))
 
     def md_cell(v: Any) -> str:
         return _fmt(v).replace("|", "\\|")
@@ -720,5 +944,5 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
     md += ["| " + " | ".join(md_cell(v) for v in row) + " |" for row in rows]
     for title, path in pngs:
         md += ["", f"## {title}", "", f"![{title}]({path.name})"]
-    (out / "compare.md").write_text("\n".join(md) + "\n")
+    _write(out / "compare.md", "\n".join(md) + "\n")
     return page

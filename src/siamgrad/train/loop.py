@@ -64,11 +64,11 @@ class TrainResult:
     stopped_early: bool = False
 
     def summary(self) -> str:
-        def pct(x):
-            return "n/a" if x is None else f"{x:.2f}%"
+        """The three kNN figures, what each means and what the run shows (:mod:`siamgrad.report.summary`)."""
+        from siamgrad.report.summary import train_summary
 
-        return (f"kNN top-1: trained {pct(self.knn_accuracy)} | random-init {pct(self.random_knn_accuracy)}"
-                f" | raw pixels {pct(self.raw_pixel_knn_accuracy)}  (run: {self.run_dir})")
+        return train_summary(self.run_dir, self.knn_accuracy, self.random_knn_accuracy,
+                             self.raw_pixel_knn_accuracy, stopped_early=self.stopped_early)
 
 
 class Trainer:
