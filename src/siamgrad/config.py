@@ -90,6 +90,14 @@ class EvalConfig:
 
 
 @dataclass
+class LogConfig:
+    # Weights & Biases beside metrics.jsonl and TensorBoard (pip install 'siamgrad[wandb]');
+    # WANDB_MODE=offline keeps the run on disk (wandb sync uploads it later)
+    wandb: bool = False
+    wandb_project: str = "siamgrad"
+
+
+@dataclass
 class DiagConfig:
     enabled: bool = True
     every: int = field(default=0, metadata=_range(0))  # steps between diagnostics (0: every epoch end)
@@ -116,6 +124,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     diag: DiagConfig = field(default_factory=DiagConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     backbone: str = "auto"  # auto: "small" for digits, "resnet18" otherwise
     cifar_stem: bool | None = None  # None: on for images of 64 px or less
     epochs: int = field(default=30, metadata=_range(1))

@@ -1,4 +1,6 @@
-"""Where a run's numbers go: JSON lines (``metrics.jsonl``) and, when installed, TensorBoard.
+"""Where a run's numbers go: JSON lines (``metrics.jsonl``), TensorBoard when installed, and
+Weights & Biases with ``log.wandb=true`` (:class:`WandbSink`; ``WANDB_MODE=offline`` keeps it on
+disk, ``wandb sync`` uploads it later).
 
 Rank 0 writes; the other ranks get a :class:`NullMetrics`. Reading the records back is
 :func:`siamgrad.report.metrics.read_metrics`, the one reader.
@@ -6,19 +8,55 @@ Rank 0 writes; the other ranks get a :class:`NullMetrics`. Reading the records b
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from siamgrad import checkpoint as ckpt
+from siamgrad.config import Config, to_dict
+from siamgrad.errors import ConfigError
 from siamgrad.report.metrics import read_metrics
 
 
-class MetricsLog:
-    """Metrics as JSON lines (``metrics.jsonl``) and, when available, TensorBoard scalars."""
+def _scalars(record: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in record.items()
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True):
+
+class WandbSink:
+    """The numeric values of every record, logged to a Weights & Biases run at the record's step.
+
+    The W&B run is named after the run folder, keeps its files in ``RUN/wandb/``, carries the
+    resolved config, and has an id fixed by the run folder's path, so a resumed run continues it.
+    """
+
+    def __init__(self, run_dir: Path, cfg: Config):
+        try:
+            import wandb  # type: ignore[import-not-found]
+        except ImportError:
+            raise ConfigError("log.wandb=true needs the wandb package: pip install 'siamgrad[wandb]' "
+                              "(or set log.wandb=false)") from None
+        run_id = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]
+        self.run = wandb.init(project=cfg.log.wandb_project, name=run_dir.name, id=run_id, resume="allow",
+                              dir=str(run_dir), config=to_dict(cfg))
+
+    def write(self, record: dict[str, Any]) -> None:
+        values = _scalars(record)
+        if values:
+            self.run.log(values, step=int(record.get("step", 0)))
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class MetricsLog:
+    """Metrics as JSON lines (``metrics.jsonl``), TensorBoard scalars when available, and W&B
+    when ``cfg.log.wandb``."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True, cfg: Config | None = None):
         self.path = run_dir / "metrics.jsonl"
+        self.wandb = WandbSink(run_dir, cfg) if cfg is not None and cfg.log.wandb else None
         self.tb = None
         if tensorboard:
             try:
@@ -33,13 +71,16 @@ class MetricsLog:
             f.write(json.dumps(record) + "\n")
         if self.tb is not None:
             step = record.get("step", 0)
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self.tb.add_scalar(k, v, step)
+            for k, v in _scalars(record).items():
+                self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.write(record)
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.close()
 
 
 class NullMetrics:

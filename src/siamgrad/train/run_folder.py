@@ -79,7 +79,7 @@ class RunFolder:
             trim_metrics(self.path, -1)
         else:
             trim_metrics(self.path, resumed_at, drop_evals_at=resumed_at if final else None)
-        return MetricsLog(self.path)
+        return MetricsLog(self.path, cfg=cfg)
 
     def close(self) -> None:
         """The end of this process's part in the run, finished or stopped: temporaries of writes
