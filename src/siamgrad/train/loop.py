@@ -379,7 +379,7 @@ class Trainer:
             "image_size": self.size,
         }
         if self.probe is not None:
-            s.update(self.probe.state_dict())
+            s.update(self.probe.checkpoint_entries())
         return s
 
     def save(self, name: str = "latest.pt") -> Path:
@@ -391,7 +391,7 @@ class Trainer:
             self.method.load_state_dict(state["method"])
             self.optimizer.load_state_dict(state["optimizer"])
             if self.probe is not None and "probe" in state:
-                self.probe.load_state_dict(state)
+                self.probe.load_checkpoint_entries(state)
         except (RuntimeError, KeyError, ValueError, TypeError) as e:
             first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
             raise CheckpointError(

@@ -39,8 +39,13 @@ class OnlineProbe:
         return 100.0 * (logits.argmax(1).cpu() == labels).float().mean().item()
 
     def state_dict(self) -> dict:
+        """The classifier's weights (as a module's)."""
+        return self.linear.state_dict()
+
+    def checkpoint_entries(self) -> dict:
+        """What a checkpoint holds of the probe: weights and optimizer state."""
         return {"probe": self.linear.state_dict(), "probe_optimizer": self.optimizer.state_dict()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_checkpoint_entries(self, state: dict) -> None:
         self.linear.load_state_dict(state["probe"])
         self.optimizer.load_state_dict(state["probe_optimizer"])
