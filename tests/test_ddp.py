@@ -70,7 +70,9 @@ def _method_args(name: str) -> list[str]:
     if "pred_hidden_dim" in methods.default_options(name):
         args.append("method.pred_hidden_dim=8")
     if name == "moco":
-        args.append("method.queue_size=64")
+        # the key shuffle is drawn per process count (a local permutation on one process, the
+        # official cross-process one under torchrun), so equality across counts needs it off
+        args += ["method.queue_size=64", "method.shuffle_bn=false"]
     return args
 
 

@@ -41,7 +41,6 @@ from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 from torch import Tensor, nn
 
 from siamgrad.errors import ConfigError
@@ -98,16 +97,34 @@ def rank() -> int:
     return dist.get_rank() if is_dist() else 0
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """Concatenate along dim 0 across processes; backward = all-reduce(sum) of grads, then slice."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.local_size = x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        start = rank() * ctx.local_size
+        return grad[start : start + ctx.local_size]
+
+
 def all_gather_with_grad(x: Tensor) -> Tensor:
     """Concatenate ``x`` ([n, ...], same n on every rank) over processes in rank order.
 
-    Backward: each rank's slice gets the SUM over ranks of the gradients flowing into it (torch's
-    differentiable all_gather: a reduce-scatter on NCCL, all-to-all plus a sum on gloo).
+    Backward: each rank's slice gets the SUM over ranks of the gradients flowing into it (the
+    scaling of torch.distributed.nn's all_gather, which this torch marks deprecated).
     Identity when not distributed.
     """
     if not is_dist() or world_size() == 1:
         return x
-    return torch.cat(dist_nn.all_gather(x), dim=0)
+    return _GatherWithGrad.apply(x)
 
 
 @torch.no_grad()
