@@ -105,7 +105,10 @@ def test_sigkill_three_times_then_resume_gives_the_uninterrupted_weights(tmp_pat
         if kills:
             assert "resumed from" in err
             resumed_at.append(int(err.split("resumed from", 1)[1].split("at step", 1)[1].split()[0]))
-        state = ck.load_checkpoint(run_dir / "latest.pt")  # never a half-written checkpoint
+        # never a half-written or missing checkpoint: a kill between "latest.pt -> latest.prev.pt" and
+        # "new -> latest.pt" once left only latest.prev.pt; the old file is now hard-linked to
+        # latest.prev.pt first, so latest.pt exists at every instant of a write
+        state = ck.load_checkpoint(run_dir / "latest.pt")
         kills.append((_logged_step(run_dir), state["step"]))
     final = subprocess.run([*cmd, "run_name=killed"], capture_output=True, text=True, timeout=240, env=env)
     assert final.returncode == 0, final.stderr[-3000:]
