@@ -73,3 +73,29 @@ def test_raw_pixel_baseline_on_cifar_subset():
     acc = knn_accuracy(raw_pixel_features(tr.images, mean, std), tr.labels,
                        raw_pixel_features(te.images, mean, std), te.labels, k=200, temperature=0.1)
     assert 33.5 < acc < 36.5
+
+
+def test_linear_probe_standardizes_with_given_statistics():
+    """``stats`` replaces the training features' own mean/std: probing x with stats (mu, sd) is
+    probing (x - mu) / sd with stats (0, 1)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 6, generator=g) * 3 + 1
+    y = (x[:, 0] > 1).long()
+    xt = torch.randn(80, 6, generator=g) * 3 + 1
+    yt = (xt[:, 0] > 1).long()
+    mu, sd = torch.full((6,), 2.0), torch.full((6,), 0.5)
+    a = linear_probe(x, y, xt, yt, stats=(mu, sd), seed=1)
+    b = linear_probe((x - mu) / sd, y, (xt - mu) / sd, yt, stats=(torch.zeros(6), torch.ones(6)), seed=1)
+    torch.testing.assert_close(a.classifier.weight, b.classifier.weight)
+    assert a.test_accuracy == b.test_accuracy > 90
+
+
+def test_load_backbone_of_a_foreign_file_is_one_line(tmp_path):
+    from siamgrad.checkpoint import save_checkpoint
+    from siamgrad.errors import CheckpointError
+    from siamgrad.eval.features import load_backbone
+
+    save_checkpoint({"config": {"backbone": "tiny"}, "method": {"backbone.nope": torch.zeros(1)}}, tmp_path / "x.pt")
+    with pytest.raises(CheckpointError, match="lacks a usable backbone") as e:
+        load_backbone(str(tmp_path / "x.pt"))
+    assert "\n" not in str(e.value)
