@@ -395,3 +395,29 @@ def test_train_summary_says_what_each_number_means(tmp_path):
     assert "5.00 points above the encoder" in below and "-1.00 points, pretraining has not helped yet" in below
     assert "separable" not in below
     assert train_summary(c, None, 31.0, 35.0, stopped_early=True).count("\n") == 1
+
+
+def test_digits_summary_adds_few_label_and_linear_figures_and_reuses_them(checkpoint_run, tmp_path):
+    import shutil
+
+    from siamgrad.report.summary import train_summary
+
+    d = tmp_path / "demo"
+    d.mkdir()
+    shutil.copy(checkpoint_run / "latest.pt", d / "latest.pt")
+    (d / "config.yaml").write_text(yaml.safe_dump({"data": {"name": "digits"}}))
+    (d / "results.json").write_text(json.dumps({"step": 9, "knn_accuracy": 70.0}))
+    text = train_summary(d, 70.0, 60.0, 94.0, demo=True)
+    res = json.loads((d / "results.json").read_text())
+    few = [r for r in res["eval"]["fewshot"]["rows"] if r["classifier"] == "knn"]
+    assert {r["encoder"] for r in few} == {"trained", "random_init", "raw_pixels"}
+    assert all(r["fraction"] == 0.01 and r["per_class"] == 1 for r in few)
+    line = next(ln for ln in text.splitlines() if ln.startswith("with few labels"))
+    for r in few:
+        assert f"{r['mean']:.2f}%" in line
+    lin = res["eval"]["linear"]
+    line = next(ln for ln in text.splitlines() if ln.startswith("linear probe top-1"))
+    assert f"trained {lin['linear_test_top1']:.2f}%" in line and f"raw pixels {lin['linear_test_top1_raw_pixels']:.2f}%" in line
+    stamp = (d / "results.json").stat().st_mtime_ns
+    assert train_summary(d, 70.0, 60.0, 94.0, demo=True) == text  # read back, not recomputed
+    assert (d / "results.json").stat().st_mtime_ns == stamp

@@ -75,9 +75,20 @@ def _cmd_eval(args) -> int:
     from siamgrad.eval.checkpoint import evaluate_checkpoint, format_result
 
     res = evaluate_checkpoint(args.protocol, args.checkpoint, args.settings, split=args.split,
-                              seeds=args.seeds, epochs=args.epochs, baselines=not args.no_baselines)
+                              seeds=args.seeds, epochs=args.epochs, baselines=not args.no_baselines,
+                              fractions=args.fractions)
     print(format_result(args.protocol, res))
     return 0
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    try:
+        out = tuple(float(f) for f in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected fractions like 0.01,0.1, got {text!r}") from None
+    if not out or not all(0 < f <= 1 for f in out):
+        raise argparse.ArgumentTypeError(f"fractions must be in (0, 1], got {text!r}")
+    return out
 
 
 def _cmd_export(args) -> int:
@@ -166,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate on the test split (default) or on a validation split carved from the "
                         "training images (20%% of every class, seeded), for choosing settings")
     e.add_argument("--seeds", type=int, help="fewshot: label subsets drawn per fraction (default 3)")
+    e.add_argument("--fractions", type=_fractions, help="fewshot: label fractions, e.g. 0.01,0.1 (the default)")
     e.add_argument("--epochs", type=int, help="finetune: epochs (default 10)")
     e.add_argument("--no-baselines", action="store_true",
                    help="skip the random-init encoder (and raw pixels) scored beside the trained one")

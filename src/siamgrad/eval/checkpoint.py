@@ -117,12 +117,14 @@ def merge_results(run_dir: Path, key: str, entry: dict) -> Path:
 
 
 def _command(protocol: str, checkpoint: str, settings: list[str], split: str, seeds: int | None,
-             epochs: int | None, baselines: bool) -> str:
+             epochs: int | None, baselines: bool, fractions: tuple[float, ...] | None = None) -> str:
     parts = ["siamgrad", "eval", protocol, checkpoint, *settings]
     if split != "test":
         parts += ["--split", split]
     if seeds is not None:
         parts += ["--seeds", str(seeds)]
+    if fractions is not None:
+        parts += ["--fractions", ",".join(f"{f:g}" for f in fractions)]
     if epochs is not None:
         parts += ["--epochs", str(epochs)]
     if not baselines:
@@ -142,14 +144,14 @@ def _device(settings: list[str]) -> torch.device:
 
 def evaluate_checkpoint(protocol: str, checkpoint: str, settings: list[str] | None = None, *,
                         split: str = "test", seeds: int | None = None, epochs: int | None = None,
-                        baselines: bool = True, write: bool = True,
+                        baselines: bool = True, write: bool = True, fractions: tuple[float, ...] | None = None,
                         say: Callable[[str], None] | None = None) -> dict:
     """Evaluate a checkpoint's backbone by ``protocol``; the figures as a dict (accuracies in %).
 
     ``settings`` (``key=value``) override the checkpoint's config, e.g. ``data.root=...`` when the
     data moved, or ``eval.knn_k=20``. ``seeds``: few-label draws (default 3); ``epochs``:
-    fine-tuning epochs (default 10). With ``write``, the figures are merged into the run's
-    results.json.
+    fine-tuning epochs (default 10); ``fractions``: few-label fractions (default 1% and 10%). With
+    ``write``, the figures are merged into the run's results.json.
     """
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown evaluation protocol '{protocol}'; choose one of: {', '.join(PROTOCOLS)}")
@@ -198,8 +200,8 @@ def evaluate_checkpoint(protocol: str, checkpoint: str, settings: list[str] | No
         else:
             n_seeds = seeds or 3
             out["seeds"] = [cfg.seed + i for i in range(n_seeds)]
-            out["fractions"] = list(DEFAULT_FRACTIONS)
-            out["rows"] = fewshot_eval(feats, train.labels, test.labels, fractions=DEFAULT_FRACTIONS,
+            out["fractions"] = list(fractions or DEFAULT_FRACTIONS)
+            out["rows"] = fewshot_eval(feats, train.labels, test.labels, fractions=tuple(out["fractions"]),
                                        seeds=tuple(out["seeds"]), k=cfg.eval.knn_k, temperature=cfg.eval.knn_t,
                                        num_classes=num_classes)
     else:
@@ -222,7 +224,7 @@ def evaluate_checkpoint(protocol: str, checkpoint: str, settings: list[str] | No
     out["seconds"] = round(time.monotonic() - t0, 1)
     if write:
         entry = {"protocol": protocol, "checkpoint": str(Path(checkpoint)),
-                 "command": _command(protocol, checkpoint, settings, split, seeds, epochs, baselines),
+                 "command": _command(protocol, checkpoint, settings, split, seeds, epochs, baselines, fractions),
                  "time": time.strftime("%Y-%m-%d %H:%M:%S"), **out}
         key = protocol if split == "test" else f"{protocol}@{split}"
         out["results_file"] = str(merge_results(run_folder(checkpoint), key, entry))

@@ -68,7 +68,7 @@ class TrainResult:
         from siamgrad.report.summary import train_summary
 
         return train_summary(self.run_dir, self.knn_accuracy, self.random_knn_accuracy,
-                             self.raw_pixel_knn_accuracy, stopped_early=self.stopped_early)
+                             self.raw_pixel_knn_accuracy, stopped_early=self.stopped_early, demo=True)
 
 
 class Trainer:
