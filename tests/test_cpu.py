@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -179,3 +180,21 @@ def test_augmentation_runs_with_the_busy_aware_count(monkeypatch, torch_threads)
     aug.threads = 0
     with pytest.raises(Exception, match="threads must be"):
         aug(x, generator=torch.Generator().manual_seed(1))
+
+
+def test_native_bf16_agrees_with_the_cpu_flags():
+    flags = Path("/proc/cpuinfo")
+    if not flags.exists():
+        pytest.skip("no /proc/cpuinfo to read the CPU flags from")
+    words = set(flags.read_text().split())
+    assert cpu.native_bf16() == bool({"avx512_bf16", "amx_tile"} & words)
+
+
+def test_bf16_if_native_resolves_by_the_cpu(monkeypatch):
+    from siamgrad import config
+
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(config, "native_bf16", lambda native=native: native)
+        cfg = config.resolve(config.build_config(["device=cpu", "precision=bf16_if_native"]))
+        assert cfg.precision == expected
+    assert config.resolve(config.build_config(["device=cpu"])).precision == "fp32"  # auto stays exact on a CPU

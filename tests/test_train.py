@@ -31,8 +31,14 @@ def test_stopped_and_resumed_run_ends_with_same_weights(tmp_path, method):
     part = train(_cfg(tmp_path, f"method={method}", "run_name=part", "stop_after=7"), log=False)
     assert part.stopped_early and part.step == 7
     assert ck.load_checkpoint(part.run_dir / "latest.pt")["step"] == 7
+    stopped_seconds = ck.load_checkpoint(part.run_dir / "latest.pt")["train_seconds"]
     resumed = train(_cfg(tmp_path, f"method={method}", "run_name=part", "resume=true"), log=False)
     assert resumed.step == full.step == 20
+    # training time counts on across the resume: each logged record's is at least the one before
+    seconds = [r["train_seconds"] for r in read_metrics(resumed.run_dir) if "train_seconds" in r]
+    assert seconds == sorted(seconds) and 0 < stopped_seconds < seconds[-1]
+    results = json.loads((resumed.run_dir / "results.json").read_text())
+    assert results["train_seconds"] == pytest.approx(seconds[-1], abs=1e-3)
     a, b = _weights(full.run_dir), _weights(resumed.run_dir)
     assert a.keys() == b.keys()
     for k in a:

@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 __all__ = [
+    "native_bf16",
     "SLACK",
     "LOAD_WINDOW_S",
     "OwnLoad",
@@ -259,3 +260,13 @@ def limit_threads(threads: int | None = None) -> Iterator[int]:
         yield n
     finally:
         torch.set_num_threads(before)
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX tiles).
+
+    Elsewhere oneDNN emulates bf16 convolutions, which is slower than fp32, so bf16 autocast pays
+    only where this is true (``precision=bf16_if_native``).
+    """
+    probes = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return any(probe is not None and bool(probe()) for probe in probes)

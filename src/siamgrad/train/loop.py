@@ -36,7 +36,7 @@ from torch import nn
 from siamgrad import distributed as D
 from siamgrad.augment.multiview import build_augment
 from siamgrad.config import Config, resolve, to_dict
-from siamgrad.cpu import default_threads
+from siamgrad.cpu import default_threads, native_bf16
 from siamgrad.data.sets import load_data, make_batches, should_stream
 from siamgrad.errors import CheckpointError, ConfigError, TrainingError
 from siamgrad.methods.from_config import build_method, method_options
@@ -86,6 +86,9 @@ class Trainer:
         self.dist = D.init_from_env(self.device.type)  # torchrun's environment (a no-op for one process)
         self.rank, self.world, self.is_main = self.dist.rank, self.dist.world, self.dist.main
         self.log = log and self.is_main
+        if self.amp_dtype is not None and self.device.type == "cpu" and not native_bf16():
+            self._say("warning: this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 autocast is emulated "
+                      "and slower than fp32; precision=bf16_if_native or fp32 is faster here")
         if self.world > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
@@ -132,6 +135,7 @@ class Trainer:
 
         self.step = 0
         self.skipped_steps = 0  # steps skipped for a NaN/Inf loss (on_nan=skip), over the whole run
+        self.train_seconds = 0.0  # wall time in training steps alone (no evaluation or saving), over the whole run
         self.folder = RunFolder(cfg, is_main=self.is_main)
         self.run_dir = self.folder.path
         # the model the steps call: DDP around the method when there are several processes (its
@@ -170,9 +174,11 @@ class Trainer:
         try:
             while self.step < self.total_steps and not (stopped or interrupted):
                 epoch, pos = divmod(self.step, self.steps_per_epoch)
+                tick = time.perf_counter()
                 for images, labels in self.batches.epoch(epoch, pos):
                     loss, logs = self.train_step(images, labels)
                     self.step += 1
+                    self.train_seconds += time.perf_counter() - tick
                     if not math.isfinite(loss):
                         bad_steps += 1
                         self._skip_bad_step(loss, bad_steps, metrics)
@@ -191,6 +197,7 @@ class Trainer:
                     if signals.any(self.world, self.device):  # the same answer on every rank
                         interrupted = True
                         break
+                    tick = time.perf_counter()
                 else:  # the end of an epoch
                     if not cfg.diag.every:
                         self._diagnose(metrics)
@@ -290,7 +297,8 @@ class Trainer:
     def _log_step(self, metrics: Metrics, loss: float, logs: dict, ips: float) -> None:
         if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
             rec = {"step": self.step, "epoch": self.step / self.steps_per_epoch, **logs,
-                   "loss": loss, "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": ips}
+                   "loss": loss, "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": ips,
+                   "train_seconds": round(self.train_seconds, 3)}
             if self.skipped_steps:
                 rec["skipped_steps"] = self.skipped_steps
             metrics.write(rec)
@@ -330,7 +338,8 @@ class Trainer:
         acc = self.knn()
         if acc is None:
             return None
-        rec: dict[str, Any] = {"step": self.step, "epoch": epoch, "knn_acc": acc}
+        rec: dict[str, Any] = {"step": self.step, "epoch": epoch, "knn_acc": acc,
+                               "train_seconds": round(self.train_seconds, 3)}
         probe = self.evaluator.probe_accuracy(self.probe)
         if probe is not None:
             rec["online_probe_acc"] = probe
@@ -356,6 +365,7 @@ class Trainer:
             "step": self.step, "knn_accuracy": knn_acc, "best_knn_accuracy": self.evaluator.best_knn,
             "random_init_knn_accuracy": b["random_knn"], "raw_pixel_knn_accuracy": b["raw_pixel_knn"],
             "final_loss": last_loss, "skipped_steps": self.skipped_steps,
+            "train_seconds": round(self.train_seconds, 3),
         })
 
     def _result(self, knn_acc: float | None, stopped_early: bool = False) -> TrainResult:
@@ -373,6 +383,7 @@ class Trainer:
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "skipped_steps": self.skipped_steps,
+            "train_seconds": self.train_seconds,
             **self.evaluator.state_dict(),
             "mean": list(self.mean),
             "std": list(self.std),
@@ -400,6 +411,7 @@ class Trainer:
             ) from None
         self.step = int(state["step"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.train_seconds = float(state.get("train_seconds", 0.0))
         self.evaluator.load_state_dict(state)
 
     def _resume(self) -> bool:

@@ -1,0 +1,142 @@
+"""The CPU recipe search: candidate settings of UniGrad on the CIFAR-10 subset, chosen on a validation split.
+
+    python benchmarks/cpu_recipe_search.py                       # every candidate below, then the table
+    python benchmarks/cpu_recipe_search.py --only e30 b128_e30   # some of them
+    python benchmarks/cpu_recipe_search.py --table-only --plot docs/img/cpu_recipe_frontier.png
+
+Each candidate is ``siamgrad train preset=cifar10_cpu data.root=SUBSET`` with its own overrides,
+trained into ``--out/NAME`` (a finished run is reused, an interrupted one resumes), with kNN on the
+test split every ``--eval-every`` epochs for the accuracy-vs-time curve. Then
+``siamgrad eval knn RUN --split val`` scores it on a validation split carved from the training
+images (20% of every class, see docs/evaluation.md): the choice between candidates is made on that
+figure alone, never on the test split. Time is the run's ``train_seconds`` (training steps only:
+no evaluation, diagnostics or checkpoints), so a busy machine shows up in it: run alone.
+
+Printed: one row per candidate (minutes, val kNN, test kNN, the minutes at which the test curve
+first reached 40% and 45%), then ``best=NAME`` (the highest val kNN among the runs within
+``--budget-min`` minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-subset"
+
+BASE = ["preset=cifar10_cpu", "diag.gradients=false", "diag.report=false", "diag.collapse=warn",
+        "eval.online_probe=false", "progress=false"]
+
+# name -> overrides of the preset (UniGrad, 32 px); each sized to about 10 minutes of training on a
+# 2-core AVX2 CPU without native bf16, where the small ResNet's whole step runs at about 50
+# view-images/s and the tiny one's at about 110 (docs/benchmarks.md)
+CANDIDATES: dict[str, list[str]] = {
+    "small_e3": ["epochs=3"],
+    "small_b128_e3": ["epochs=3", "batch_size=128"],
+    "tiny_e6": ["backbone=tiny", "epochs=6"],
+    "tiny_b128_e6": ["backbone=tiny", "epochs=6", "batch_size=128"],
+    "tiny_b128_e6_m096": ["backbone=tiny", "epochs=6", "batch_size=128", "method.momentum=0.96"],
+    "tiny_b64_e6": ["backbone=tiny", "epochs=6", "batch_size=64"],
+}
+
+
+def _sh(cmd: list[str]) -> None:
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def run_candidate(name: str, overrides: list[str], out: Path, data: Path, eval_every: int, seed: int) -> Path:
+    run = out / name
+    done = run / "results.json"
+    if not (done.exists() and "knn_accuracy" in json.loads(done.read_text())):
+        _sh([sys.executable, "-m", "siamgrad", "train", *BASE, f"data.root={data}", f"out_dir={out}",
+             f"run_name={name}", f"eval.every={eval_every}", f"seed={seed}", *overrides])
+    if "knn@val" not in json.loads(done.read_text()).get("eval", {}):
+        _sh([sys.executable, "-m", "siamgrad", "eval", "knn", str(run), "--split", "val", "--no-baselines"])
+    return run
+
+
+def summarize(run: Path) -> dict:
+    results = json.loads((run / "results.json").read_text())
+    curve = []  # (minutes of training, test kNN)
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "knn_acc" in rec and "train_seconds" in rec:
+            curve.append((rec["train_seconds"] / 60, rec["knn_acc"]))
+    val = results.get("eval", {}).get("knn@val", {})
+    first = lambda t: next((m for m, a in curve if a >= t), None)  # noqa: E731
+    return {"name": run.name, "minutes": results.get("train_seconds", 0) / 60, "test": results["knn_accuracy"],
+            "val": val.get("knn_top1", val.get("knn_test_top1")), "to40": first(40.0), "to45": first(45.0),
+            "curve": curve}
+
+
+def _fmt(x: float | None, spec: str = ".2f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        if r["curve"]:
+            m, a = zip(*r["curve"])
+            ax.plot(m, a, marker="o", ms=3, label=f"{r['name']} (val {_fmt(r['val'], '.1f')}%)")
+    ax.axhline(45, color="gray", ls=":", lw=1)
+    ax.axhline(40, color="gray", ls=":", lw=1)
+    ax.set_xlabel("minutes of training (2 CPU cores)")
+    ax.set_ylabel("kNN top-1 on the test split (%)")
+    ax.set_title("UniGrad on the CIFAR-10 subset: accuracy vs training time")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"plot: {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--only", nargs="*", help="candidate names (default: all)")
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "cpu_recipe")
+    p.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--eval-every", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--budget-min", type=float, default=10.0)
+    p.add_argument("--table-only", action="store_true", help="summarize the finished runs, train nothing")
+    p.add_argument("--plot", type=Path, help="write the accuracy-vs-minutes plot here")
+    args = p.parse_args(argv)
+    if not args.data_root.is_dir():
+        print(f"error: no CIFAR-10 subset at {args.data_root}; pass --data-root", file=sys.stderr)
+        return 2
+    names = args.only or list(CANDIDATES)
+    unknown = [n for n in names if n not in CANDIDATES]
+    if unknown:
+        print(f"error: unknown candidate(s) {unknown}; choose from {list(CANDIDATES)}", file=sys.stderr)
+        return 2
+    if not args.table_only:
+        for n in names:
+            run_candidate(n, CANDIDATES[n], args.out, args.data_root, args.eval_every, args.seed)
+    rows = [summarize(args.out / n) for n in names if (args.out / n / "results.json").exists()]
+    print("| candidate | overrides | minutes | val kNN | test kNN | minutes to 40% | minutes to 45% |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['name']} | {' '.join(CANDIDATES[r['name']])} | {r['minutes']:.1f} | {_fmt(r['val'])} | "
+              f"{r['test']:.2f} | {_fmt(r['to40'], '.1f')} | {_fmt(r['to45'], '.1f')} |")
+    within = [r for r in rows if r["minutes"] <= args.budget_min and r["val"] is not None]
+    if within:
+        print(f"best={max(within, key=lambda r: r['val'])['name']}")
+    if args.plot and rows:
+        plot(rows, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
