@@ -37,8 +37,11 @@ the end (``load_average_start=``, ``load_average_end=``).
 
 Printed: augmentation alone (siamgrad vs peer), the whole step with the small CPU backbone, what
 bf16 autocast and channels_last add to siamgrad's step, and the whole step with a CIFAR-stem
-ResNet-18 in fp32; the last three lines are ``aug_ratio=``, ``ratio=`` and ``resnet18_ratio=``
-(siamgrad / peer, higher is better for siamgrad).
+ResNet-18 in fp32, and the cost of multi-crop (images/s of siamgrad's step with ``--local-crops``
+local crops of ``--local-size`` px beside the global views, against the global views alone, same
+model, interleaved); the last lines are ``aug_ratio=``, ``ratio=`` and ``resnet18_ratio=``
+(siamgrad / peer, higher is better for siamgrad) and ``multicrop_ratio=`` (with / without local
+crops: the share of the images/s that multi-crop keeps).
 """
 
 from __future__ import annotations
@@ -171,12 +174,14 @@ class BatchedViews:
     there (the random parameters are drawn on the CPU generator and moved, as in training)."""
 
     def __init__(self, dataset: ImageDataset, n_views: int, batch: int, seed: int = 0,
-                 preset: str = PRESET, scale: tuple[float, float] = SCALE, device: torch.device | str = "cpu"):
+                 preset: str = PRESET, scale: tuple[float, float] = SCALE, device: torch.device | str = "cpu",
+                 local_views: int = 0, local_size: int | None = None):
         self.device = torch.device(device)
         self.images = dataset.images.to(self.device)
         self.labels = dataset.labels.to(self.device) if dataset.labels is not None else None
         mean, std = channel_stats(dataset)
-        self.augment = build_augment(preset, dataset.image_size, n_views, mean=mean, std=std, scale=scale)
+        self.augment = build_augment(preset, dataset.image_size, n_views, mean=mean, std=std, scale=scale,
+                                     local_views=local_views, local_size=local_size)
         self.batch = batch
         self.g = torch.Generator().manual_seed(seed)
 
@@ -364,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resnet-batch", type=int, default=64, help="batch of the ResNet-18 fp32 comparison")
     p.add_argument("--skip-resnet18", action="store_true")
     p.add_argument("--skip-variants", action="store_true", help="skip the fp32/bf16 x layout table of siamgrad's step")
+    p.add_argument("--local-crops", type=int, default=4, help="local crops of the multi-crop comparison (0: skip it)")
+    p.add_argument("--local-size", type=int, default=16, help="side of the local crops (px)")
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--contention", type=int, default=0, metavar="N",
                    help="run beside N busy processes started (and stopped) by the benchmark")
@@ -459,11 +466,32 @@ def run(args: argparse.Namespace) -> int:
             print(f"siamgrad resnet18 step with bf16 + channels_last: {r:,.1f} view-images/s "
                   f"(x{r / rn['siamgrad resnet18 step']:.2f} over fp32)")
 
+    mc = multicrop_cost(args, data, model, rounds, step_steps) if args.local_crops else None
+
     print(f"aug_ratio={aug['siamgrad augment'] / aug['peer augment']:.2f}")
     print(f"ratio={step['siamgrad step'] / step['peer step']:.2f}")
     if rn is not None:
         print(f"resnet18_ratio={rn['siamgrad resnet18 step'] / rn['peer resnet18 step']:.2f}")
+    if mc is not None:
+        print(f"multicrop_ratio={mc:.2f}")
     return 0
+
+
+def multicrop_cost(args: argparse.Namespace, data: ImageDataset, model: Model, rounds: int, steps: int) -> float:
+    """Images/s of siamgrad's whole step with ``--local-crops`` local crops beside the global views vs the
+    global views alone (same model, interleaved); returns the ratio (with / without)."""
+    plain = iter(BatchedViews(data, args.views, args.batch, seed=2))
+    multi = iter(BatchedViews(data, args.views, args.batch, seed=2, local_views=args.local_crops,
+                              local_size=args.local_size))
+    rates = interleaved({
+        "siamgrad step": lambda: timed_rate(plain, model.step, 1, steps, args.batch),
+        "siamgrad multi-crop step": lambda: timed_rate(multi, model.step, 1, steps, args.batch),
+    }, rounds)
+    with_local, without = rates["siamgrad multi-crop step"], rates["siamgrad step"]
+    print(f"multi-crop ({args.backbone} backbone, batch {args.batch}): {args.views} x {data.image_size} px "
+          f"{without:,.1f} images/s; {args.views} x {data.image_size} px + {args.local_crops} x {args.local_size} px "
+          f"{with_local:,.1f} images/s (x{with_local / without:.2f})")
+    return with_local / without
 
 
 if __name__ == "__main__":

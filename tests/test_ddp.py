@@ -1,6 +1,7 @@
 """Two CPU processes (gloo, DDP) with half batches train exactly as one process with the whole batch.
 
-For every method (8), the trainer runs 2 steps of the same config (global ``batch_size=16``, SGD
+For every method (8), and for four of them with multi-crop and CutMix (2 global and 2 local crops,
+a mixed copy of each global crop), the trainer runs 2 steps of the same config (global ``batch_size=16``, SGD
 with momentum, the online probe on) once in one process and once in 2 processes launched as torchrun
 does (``RANK``/``WORLD_SIZE``/``MASTER_*`` in the environment; the trainer joins the gloo group
 itself) with ``sync_bn=true``: the tiny ResNet backbone and the projector/predictor heads keep their
@@ -63,6 +64,17 @@ COMMON = ["backbone=tiny", "batch_size=16", "epochs=1", "stop_after=2", "log_eve
           "optim.lr=2.0", "data.fraction=0.5", "sync_bn=true", "threads=1"]
 # 110 images: 6 steps per epoch, 12 in all; no kNN on the way (eval.every=0, ends by stop_after)
 MIXED = ["method=byol", "method.pred_hidden_dim=8", "data.fraction=0.08", "epochs=2", "eval.every=0"]
+
+
+# multi-crop (2 global 16 px crops, 2 local 8 px crops) and CutMix: the local crops' per-view batch
+# norm, the mixed images' partners and the mixed targets' partners cross the processes
+_MULTICROP = ["augment.local_crops=2", "augment.local_size=8", "augment.mix=cutmix"]
+MULTICROP = {
+    "mc-unigrad": ["method=unigrad", *_MULTICROP],
+    "mc-simclr": ["method=simclr", *_MULTICROP],  # target none: the mixed positive carries a gradient
+    "mc-byol": ["method=byol", "method.pred_hidden_dim=8", "method.local_predictor=true", *_MULTICROP],
+    "mc-barlow_twins": ["method=barlow_twins", *_MULTICROP],
+}
 
 
 def _method_args(name: str) -> list[str]:
@@ -156,6 +168,7 @@ def runs(tmp_path_factory) -> Path:
         jobs.append(("split-fs", [*_method_args("simclr"), "stop_after=4"]))  # changes nothing
         jobs.append(("mixed", [*MIXED, "stop_after=8"]))  # its second part: 2 processes
         jobs.append(("ddp-nan", [*_method_args("simclr"), "on_nan=skip", "stop_after=3"]))
+        jobs += [(f"ddp-{label}", args) for label, args in MULTICROP.items()]
         mp.spawn(_worker, args=(_free_ports(len(jobs)), jobs, str(out)), nprocs=WORLD, join=True)
     finally:
         torch.set_default_dtype(dtype)
@@ -221,6 +234,24 @@ def test_two_processes_match_one_process_for_every_method(runs: Path, float64, k
     errors = [_update_error(nosync[k] - w0[k], one[k] - w0[k]) for k in w0
               if k.startswith("backbone.") and k.endswith("weight")]
     assert max(errors) > 1e6 * UPDATE_RTOL
+
+
+def test_two_processes_match_one_process_with_multicrop_and_mixing(runs: Path, float64, keep_threads) -> None:
+    failures = []
+    for label, args in MULTICROP.items():
+        t = Trainer(_config(runs, f"one-{label}", *args), log=False)
+        w0 = {k: v.clone() for k, v in t.method.state_dict().items()}
+        assert t.mixing(8) is not None and t.augment.total_views == 4
+        t.fit()
+        one, ddp = (ck.load_checkpoint(runs / f"{kind}-{label}" / "latest.pt") for kind in ("one", "ddp"))
+        assert one["step"] == ddp["step"] == 2
+        for a, b in zip(*(_losses(runs / f"{kind}-{label}") for kind in ("one", "ddp"))):
+            if abs(a - b) > LOSS_RTOL * abs(a):
+                failures.append(f"{label}: loss {a:.12g} (1 process) vs {b:.12g} (2 processes)")
+        moved = max(float((one["method"][k] - w0[k]).abs().max()) for k in w0 if w0[k].is_floating_point())
+        assert moved > 1e-3, label
+        failures += [f"{label}: {m}" for m in _compare(w0, one["method"], ddp["method"], "method")]
+    assert not failures, "\n".join(failures)
 
 
 def test_resume_with_another_number_of_processes(runs: Path, float64, keep_threads) -> None:

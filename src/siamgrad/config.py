@@ -23,7 +23,6 @@ from typing import Any, Literal
 import torch
 import yaml
 
-from siamgrad.cpu import native_bf16
 from siamgrad.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent / "configs"
@@ -62,6 +61,14 @@ class AugmentConfig:
     scale: list[float] | None = None  # overrides the preset's crop scale range
     blur_p: float | None = field(default=None, metadata=_range(0.0, 1.0))
     solarize_p: float | None = field(default=None, metadata=_range(0.0, 1.0))
+    # multi-crop: local crops beside the n_views global ones (targets come from global crops only)
+    local_crops: int = field(default=0, metadata=_range(0))
+    local_size: int | None = field(default=None, metadata=_range(2))  # None: round(size * 96 / 224)
+    local_scale: list[float] = field(default_factory=lambda: [0.05, 0.14])  # crop scale of the local crops
+    # image mixing inside the batch: a mixed copy of every global crop (docs/methods.md, multi-crop and mixing)
+    mix: Literal["none", "cutmix", "mixup"] = "none"
+    mix_alpha: float = field(default=1.0, metadata=_range(0.0, lo_open=True))  # ratio ~ Beta(alpha, alpha)
+    mix_p: float = field(default=1.0, metadata=_range(0.0, 1.0))  # probability that a step mixes
 
 
 @dataclass
@@ -132,8 +139,7 @@ class Config:
     batch_size: int = field(default=128, metadata=_range(2))  # global: split over the processes of a torchrun
     seed: int = 0
     device: str = "auto"  # auto: cuda if available, else cpu
-    # auto: bf16 on cuda, fp32 on cpu; bf16_if_native: bf16 on cuda and on CPUs with native bf16
-    precision: Literal["auto", "fp32", "bf16", "bf16_if_native"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on cuda, fp32 on cpu
     channels_last: bool | None = None  # None: on for cuda
     compile: bool = False
     # several processes (torchrun): normalize batch-norm layers (backbone and heads) over the global
@@ -390,6 +396,7 @@ def build_config(overrides: list[str] | None = None, base: dict | None = None) -
     for k, v in layers:
         _apply(cfg, k, v, k)
     check_data_root(cfg)
+    check_augment(cfg)
     return cfg
 
 
@@ -400,6 +407,31 @@ def check_data_root(cfg: Config) -> None:
         raise ConfigError(f"data.root={cfg.data.root} is set but data.name is digits, the embedded dataset, which "
                           "reads no files; add data=cifar10, cifar100, stl10, imagefolder or shards to use that "
                           "folder, or drop data.root")
+
+
+# image sizes of the datasets whose size is known before reading them
+_DATASET_SIZES = {"cifar10": 32, "cifar100": 32, "stl10": 96}
+
+
+def global_crop_size(cfg: Config) -> int | None:
+    """The side of the global crops when known from the config alone (else None: read from the data)."""
+    return cfg.augment.size or cfg.data.image_size or _DATASET_SIZES.get(cfg.data.name)
+
+
+def check_augment(cfg: Config, size: int | None = None) -> None:
+    """One-line errors for multi-crop and mixing settings that cannot work together.
+
+    ``size``: the global crop side when known (the data's image size); else from the config.
+    """
+    a = cfg.augment
+    scale = a.local_scale
+    if len(scale) != 2 or not (0.0 < scale[0] <= scale[1] <= 1.0):
+        raise ConfigError(f"augment.local_scale={a.local_scale} must be [min, max] with 0 < min <= max <= 1; "
+                          "e.g. [0.05, 0.14]")
+    size = size or global_crop_size(cfg)
+    if a.local_crops and a.local_size is not None and size is not None and a.local_size >= size:
+        raise ConfigError(f"augment.local_size={a.local_size} is not smaller than the global crops ({size} px); "
+                          f"give augment.local_size below {size}")
 
 
 def from_dict(d: dict) -> Config:
@@ -426,6 +458,7 @@ def resolve(cfg: Config) -> Config:
     """Return a copy with every ``auto``/``None`` setting replaced by its concrete value."""
     cfg = from_dict(to_dict(cfg))
     check_data_root(cfg)
+    check_augment(cfg)
     if cfg.device == "auto":
         cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
     elif cfg.device.startswith("cuda") and not torch.cuda.is_available():
@@ -433,8 +466,6 @@ def resolve(cfg: Config) -> Config:
     on_gpu = cfg.device.startswith("cuda")
     if cfg.precision == "auto":
         cfg.precision = "bf16" if on_gpu else "fp32"
-    elif cfg.precision == "bf16_if_native":
-        cfg.precision = "bf16" if on_gpu or native_bf16() else "fp32"
     if cfg.channels_last is None:
         cfg.channels_last = on_gpu
     if cfg.backbone == "auto":

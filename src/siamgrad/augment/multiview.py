@@ -91,6 +91,7 @@ __all__ = [
     "ViewRecipe",
     "blur_kernel_size",
     "build_augment",
+    "default_local_size",
     "adjust_brightness",
     "adjust_contrast",
     "adjust_hue",
@@ -759,6 +760,19 @@ def augment_view(x: torch.Tensor, p: ViewParams, recipe: ViewRecipe, gain: float
 CPU_CHUNK_VALUES = 3 * 32 * 32 * 128
 
 
+def _check_local(recipes: list[ViewRecipe], local_recipes: list[ViewRecipe], local_views: int) -> None:
+    """One-line errors for local crops that are not smaller than the global ones, or missing recipes."""
+    if isinstance(local_views, bool) or not isinstance(local_views, int) or local_views < 0:
+        raise ConfigError(f"augment: local_views must be an integer >= 0, got {local_views!r}")
+    if local_views and not local_recipes:
+        raise ConfigError("augment: local_views > 0 needs local_recipes (the local crops' size and scale)")
+    smallest = min(r.size for r in recipes)
+    for r in local_recipes if local_views else []:
+        if r.size >= smallest:
+            raise ConfigError(f"augment: local crops of {r.size} px are not smaller than the global crops "
+                              f"({smallest} px); give a smaller local size")
+
+
 class MultiViewAugment(torch.nn.Module):
     """``M`` randomly augmented, normalized views of an image batch.
 
@@ -767,6 +781,11 @@ class MultiViewAugment(torch.nn.Module):
     ``apply_params(images, sample_params(B, H, W, generator))``, so the parameters the
     statistics tests inspect are the ones the images went through. ``n_views = 1`` needs
     ``allow_single_view=True`` (Siamese training needs two views).
+
+    Multi-crop: ``local_views = L`` local crops follow the ``n_views`` global ones, local view
+    ``l`` with ``local_recipes[l % len(local_recipes)]`` (a smaller size and crop scale); the
+    list then holds ``n_views + L`` tensors, the globals first. Their parameters are drawn after
+    the globals', so adding local crops leaves the global views of a seed unchanged.
     """
 
     def __init__(
@@ -776,19 +795,24 @@ class MultiViewAugment(torch.nn.Module):
         mean: Sequence[float] | torch.Tensor = (0.5, 0.5, 0.5),
         std: Sequence[float] | torch.Tensor = (0.5, 0.5, 0.5),
         allow_single_view: bool = False,
+        local_recipes: Sequence[ViewRecipe] = (),
+        local_views: int = 0,
     ) -> None:
         super().__init__()
-        recipes = list(recipes)
-        if not recipes or not all(isinstance(r, ViewRecipe) for r in recipes):
+        recipes, local_recipes = list(recipes), list(local_recipes)
+        if not recipes or not all(isinstance(r, ViewRecipe) for r in recipes + local_recipes):
             raise ConfigError("augment: recipes must be a non-empty list of ViewRecipe")
         lowest = 1 if allow_single_view else 2
         if isinstance(n_views, bool) or not isinstance(n_views, int) or n_views < lowest:
             raise ConfigError(
                 f"augment: n_views must be an integer >= {lowest} (Siamese methods compare views), got {n_views!r}"
             )
+        _check_local(recipes, local_recipes, local_views)
         self.recipes = recipes
         self.n_views = n_views
+        self.local_views = local_views
         self.view_recipes = [recipes[v % len(recipes)] for v in range(n_views)]
+        self.view_recipes += [local_recipes[v % len(local_recipes)] for v in range(local_views)]
         self.mean = _stats(mean, "mean")
         self.std = _stats(std, "std")
         self.chunk_size: int | None = None  # samples per chunk; None: automatic
@@ -797,7 +821,13 @@ class MultiViewAugment(torch.nn.Module):
         self.threads: int | str | None = "auto"
 
     def extra_repr(self) -> str:
-        return f"n_views={self.n_views}, recipes={self.recipes}, mean={self.mean}, std={self.std}"
+        local = f", local_views={self.local_views}" if self.local_views else ""
+        return f"n_views={self.n_views}{local}, recipes={self.recipes}, mean={self.mean}, std={self.std}"
+
+    @property
+    def total_views(self) -> int:
+        """Global plus local views: the length of the list :meth:`forward` returns."""
+        return len(self.view_recipes)
 
     def sample_params(
         self,
@@ -851,8 +881,8 @@ class MultiViewAugment(torch.nn.Module):
         ragged = isinstance(images, RaggedImages)
         data = images.data if ragged else images
         gain = _check_images(data)
-        if len(params) != self.n_views:
-            raise ConfigError(f"augment: got parameters for {len(params)} views, expected {self.n_views}")
+        if len(params) != self.total_views:
+            raise ConfigError(f"augment: got parameters for {len(params)} views, expected {self.total_views}")
         b, _, h, w = data.shape
         dev = data.device
         views = []
@@ -922,12 +952,17 @@ def build_augment(
     n_views: int = 2,
     mean: Sequence[float] | torch.Tensor = (0.5, 0.5, 0.5),
     std: Sequence[float] | torch.Tensor = (0.5, 0.5, 0.5),
+    local_views: int = 0,
+    local_size: int | None = None,
+    local_scale: tuple[float, float] = (0.05, 0.14),
     **overrides: Any,
 ) -> MultiViewAugment:
     """The named preset's recipes at output side ``size``, with ``overrides`` on every view.
 
     ``overrides`` set :class:`ViewRecipe` fields (e.g. ``scale=(0.08, 1.0), blur_p=0.0``).
     Unknown preset or field names raise a one-line :class:`ConfigError` listing the valid ones.
+    ``local_views`` local crops use the same recipes at ``local_size`` (default
+    :func:`default_local_size`) with the crop scale ``local_scale``.
     """
     if preset not in PRESETS:
         raise ConfigError(f"augment: unknown preset {preset!r}; valid presets: {', '.join(sorted(PRESETS))}")
@@ -936,7 +971,16 @@ def build_augment(
     if unknown:
         raise ConfigError(f"augment: unknown option(s) {', '.join(unknown)}; valid options: {', '.join(fields)}")
     recipes = [dataclasses.replace(r, size=size, **overrides) for r in PRESETS[preset]]
-    return MultiViewAugment(recipes, n_views=n_views, mean=mean, std=std)
+    local = local_size if local_size is not None else default_local_size(size)
+    local_recipes = [dataclasses.replace(r, size=local, scale=local_scale) for r in recipes] if local_views else []
+    return MultiViewAugment(recipes, n_views=n_views, mean=mean, std=std, local_recipes=local_recipes,
+                            local_views=local_views)
+
+
+def default_local_size(size: int) -> int:
+    """Local crop side for global crops of ``size``: ``round(size * 96 / 224)`` (DINO's and UniGrad's
+    96 px beside 224 px), at least 2."""
+    return max(2, round(size * 96 / 224))
 
 
 @torch.no_grad()

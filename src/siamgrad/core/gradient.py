@@ -45,6 +45,7 @@ __all__ = [
     "upcast",
     "float32",
     "ordered_pairs",
+    "view_pairs",
     "batch_correlation",
 ]
 
@@ -114,6 +115,21 @@ def float32(device: torch.device | str) -> Iterator[None]:
 def ordered_pairs(m: int) -> list[tuple[int, int]]:
     """All ordered view pairs ``(a, b)``, ``a != b``: anchor view ``a``, target view ``b``."""
     return [(a, b) for a in range(m) for b in range(m) if a != b]
+
+
+def view_pairs(n_global: int, n_local: int = 0, n_mixed: int = 0) -> list[tuple[int, int]]:
+    """The (online view, target view) pairs of a multi-crop step (SwAV / DINO pairing).
+
+    Online views are the ``n_global`` global crops, then ``n_local`` local crops, then ``n_mixed``
+    mixed copies of the first global crops; targets are global crops only. A global crop (and its
+    mixed copy) is paired with every *other* global crop, a local crop with every global crop:
+    ``G (G - 1) + L G + K (G - 1)`` pairs. Without local and mixed views: :func:`ordered_pairs`.
+    """
+    g = n_global
+    pairs = ordered_pairs(g)
+    pairs += [(g + l, c) for l in range(n_local) for c in range(g)]
+    pairs += [(g + n_local + k, c) for k in range(n_mixed) for c in range(g) if c != k]
+    return pairs
 
 
 @torch.no_grad()

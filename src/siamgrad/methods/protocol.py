@@ -12,25 +12,57 @@ objectives themselves stay pure functions of features and state.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, runtime_checkable
 
 from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class MixedView:
+    """An online view made by mixing every image with a partner of the same batch (CutMix / Mixup).
+
+    ``ratio`` is ``r``, the share of each image's own pixels; ``partner(t)`` returns the rows of
+    ``t`` ([n, D], this process's share) at every sample's partner (gathered over processes).
+    """
+
+    ratio: float
+    partner: Callable[[Tensor], Tensor]
 
 
 @dataclass
 class Branches:
     """Per-view float32 features handed to an objective (lists of [n, D], one per view).
 
-    ``online``: projector outputs (graph attached); ``predicted``: trained-predictor outputs
-    (``online`` when the method has none); ``positive``: source of ``u2^m``; ``negative``: source of
-    negatives / F. With ``target="none"`` positive and negative are the online features themselves.
+    ``online``: projector outputs of every online view (graph attached): the G global crops
+    first, then the local crops, then the mixed copies of the global crops; ``predicted``:
+    trained-predictor outputs (``online`` when the method has none); ``positive``: source of
+    ``u2^m``; ``negative``: source of negatives / F -- both for the G global crops only (targets
+    come from global crops). With ``target="none"`` positive and negative are the online
+    features of the global crops themselves.
+
+    ``pairs``: the (online view, target view) pairs the objective averages over; ``None`` means
+    every ordered pair of distinct views (the M same-size views of a plain step). ``mixed``: the
+    online views that are mixed images, by index; the objective of such a view ``a`` against
+    target ``c`` is ``r L(u_c) + (1 - r) L(u_c[partner])`` (negatives unchanged).
     """
 
     online: list[Tensor]
     predicted: list[Tensor]
     positive: list[Tensor]
     negative: list[Tensor]
+    pairs: list[tuple[int, int]] | None = None
+    mixed: dict[int, MixedView] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.pairs is None:
+            m = len(self.online)
+            self.pairs = [(a, c) for a in range(m) for c in range(m) if a != c]
+
+    @property
+    def plain(self) -> bool:
+        """Whether every online view is a global crop with its own target (no local crops, no mixing)."""
+        return len(self.online) == len(self.positive) and not self.mixed
 
 
 class MethodState(nn.Module):
@@ -61,8 +93,10 @@ class Method(Protocol):
 
     Training (the trainer):
 
-    * ``training_step(views) -> (loss, logs)``: ``views`` is a list of M >= 2 augmented batches
-      [N, C, H, W]; ``loss`` carries the graph, ``logs`` maps names to floats (``loss`` among them);
+    * ``training_step(views, mix=None) -> (loss, logs)``: ``views`` is a list of augmented batches
+      [N, C, H, W], G >= 2 global crops of one size first, then any local crops of a smaller size;
+      ``mix``: optional CutMix / Mixup draws (:class:`siamgrad.augment.mixing.MixParams`), one per
+      global crop to mix; ``loss`` carries the graph, ``logs`` maps names to floats (``loss`` among them);
     * ``on_step_end(step, total_steps)``: after ``optimizer.step()`` (momentum encoder, queue);
     * ``last_features``: the backbone features [N, feature_dim] of the first view of the last
       ``training_step``, detached (the online linear probe learns from them);
@@ -72,7 +106,7 @@ class Method(Protocol):
     Inspection (diagnostics, experiments):
 
     * ``name``, ``form``, ``target``, ``options`` (the resolved options);
-    * ``branches(views) -> Branches``: the features of one step without the objective;
+    * ``branches(views, mix=None) -> Branches``: the features of one step without the objective;
     * ``predictor``: the trained predictor module, or None;
     * ``state_diagnostics() -> dict``: the state's tensors (see :meth:`MethodState.diagnostics`).
     """
@@ -86,7 +120,7 @@ class Method(Protocol):
     predictor: nn.Module | None
     last_features: Tensor | None
 
-    def training_step(self, views: list[Tensor]) -> tuple[Tensor, dict[str, float]]: ...
+    def training_step(self, views: list[Tensor], mix: Any = None) -> tuple[Tensor, dict[str, float]]: ...
 
     def on_step_end(self, step: int, total_steps: int) -> None: ...
 
@@ -100,4 +134,4 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
-__all__ = ["Branches", "Method", "MethodState", "unwrap"]
+__all__ = ["Branches", "Method", "MethodState", "MixedView", "unwrap"]

@@ -35,7 +35,10 @@ vicreg          none                                              stopgrad, mome
 unigrad         momentum, stopgrad, momentum_positive             momentum, stopgrad, momentum_positive
 ==============  ===============================================  =========================================
 
-Views: all M >= 2 views go through the backbone in one forward (``torch.cat`` then split).
+Views: all M >= 2 views go through the backbone in one forward (``torch.cat`` then split); with
+multi-crop, one forward per size group, targets from the G global crops only, each online view
+paired with every other global crop (:func:`siamgrad.core.gradient.view_pairs`), and mixed views
+trained on ratio-weighted targets (:mod:`siamgrad.methods.objectives`).
 Barlow Twins (M >= 3) and VICReg have genuine multi-view losses (see
 :mod:`siamgrad.core.objectives.decorrelation`); every other loss and every gradient form is averaged
 over the M(M-1) *ordered* view pairs (anchor a, target b) -- for symmetric losses with
@@ -129,6 +132,8 @@ def _common(hidden: int, out: int, layers: int, momentum: float, projector: Head
                                                forms=("original",))
         opts["pred_last_bias"] = Option(predictor.last_bias, "bool", "bias of the predictor's last linear layer",
                                         forms=("original",))
+        opts["local_predictor"] = Option(False, "bool", "multi-crop: a predictor of its own for the local crops",
+                                         forms=("original",))
     return opts
 
 

@@ -9,17 +9,19 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from siamgrad import distributed as D
-from siamgrad.core.gradient import float32, l2n, ordered_pairs, upcast
+from siamgrad.augment.mixing import MixParams, mix_images, partner_rows
+from siamgrad.core.gradient import float32, l2n, upcast, view_pairs
 from siamgrad.errors import ConfigError, SiamgradError
 from siamgrad.methods.options import MOMENTUM_TARGETS
-from siamgrad.methods.protocol import Branches, MethodState
+from siamgrad.methods.protocol import Branches, MethodState, MixedView
 from siamgrad.models.heads import HeadSpec, mlp
 from siamgrad.models.shuffle import KeyShuffle, shuffle, unshuffle
 from siamgrad.models.view_norm import view_groups
@@ -50,6 +52,14 @@ class SiameseMethod(nn.Module):
     each batch-norm layer normalizes each view's slice with that view's statistics
     (:mod:`siamgrad.models.view_norm`), as separate forwards of the views would. With
     ``shuffle_bn`` (MoCo) the key encoder forwards a shuffled batch (:mod:`siamgrad.models.shuffle`).
+
+    Multi-crop: the views are G >= 2 global crops of one size, then local crops of smaller sizes;
+    each group of equal-size views is one forward (per-view statistics inside it). Targets come
+    from the global crops only, paired as :func:`siamgrad.core.gradient.view_pairs`. With
+    ``local_predictor`` (BYOL, SimSiam) the local crops go through a predictor of their own.
+    ``mix`` (CutMix / Mixup draws, :mod:`siamgrad.augment.mixing`) adds a mixed copy of each of the
+    first ``len(mix)`` global crops as an online view of its own (its own forward); see
+    :class:`~siamgrad.methods.protocol.Branches` for how its targets are weighted.
     """
 
     def __init__(self, spec: MethodSpec, backbone: nn.Module, feature_dim: int, options: dict[str, Any]) -> None:
@@ -83,6 +93,10 @@ class SiameseMethod(nn.Module):
         self.view_bn: str = o.get("view_bn", "joint")
         self.last_features: Tensor | None = None
         self.last_momentum: float = float(o["momentum"])
+        # built last: the other modules' initialization does not depend on this option
+        self.local_predictor: nn.Module | None = None
+        if self.predictor is not None and o.get("local_predictor", False):
+            self.local_predictor = mlp(dim, o["pred_hidden_dim"], dim, layers, self._head(spec.predictor, "pred"))
 
     def _head(self, base: HeadSpec, prefix: str) -> HeadSpec:
         return head_spec(base, self.options, prefix)
@@ -92,16 +106,23 @@ class SiameseMethod(nn.Module):
 
     # -- training
 
-    def _check_views(self, views: Any) -> None:
+    def _check_views(self, views: Any, mix: Any = None) -> None:
         """One-line errors for inputs the backbone would reject deep inside torch."""
         if not isinstance(views, (list, tuple)) or len(views) < 2 or not all(isinstance(v, Tensor) for v in views):
             raise SiamgradError("training_step needs a list of at least 2 view batches (tensors [N, C, H, W])")
-        shapes = {tuple(v.shape) for v in views}
-        if len(shapes) != 1:
-            raise SiamgradError(f"all views must have the same shape; got {sorted(shapes)}")
         v = views[0]
-        if v.dim() != 4:
+        if v.dim() != 4 or any(t.dim() != 4 for t in views):
             raise SiamgradError(f"views must be image batches [N, C, H, W]; got shape {tuple(v.shape)}")
+        if len({tuple(t.shape[:2]) for t in views}) != 1:
+            raise SiamgradError(f"all views must have the same batch size and channels; got "
+                                f"{sorted({tuple(t.shape) for t in views})}")
+        groups = size_groups(views)
+        if len(groups[0]) < 2:
+            raise SiamgradError("the first two views must be global crops of the same size (local crops follow them)")
+        side = v.shape[2] * v.shape[3]
+        if any(g[0].shape[2] * g[0].shape[3] >= side for g in groups[1:]):
+            raise SiamgradError(f"views after the global crops must be smaller local crops; got shapes "
+                                f"{[tuple(g[0].shape) for g in groups]} (global crops first, all of one size)")
         if v.shape[0] < 2:
             raise SiamgradError("a batch needs at least 2 images per view for batch statistics")
         if len({t.dtype for t in views}) != 1 or len({t.device for t in views}) != 1:
@@ -122,6 +143,12 @@ class SiameseMethod(nn.Module):
             if v.dtype != p.dtype and not torch.is_autocast_enabled(v.device.type):
                 raise SiamgradError(f"views are {v.dtype} but the model is {p.dtype}; convert the views "
                                     f"(views = [v.to({p.dtype}) for v in views])")
+        if mix:
+            if not all(isinstance(m, MixParams) for m in mix) or len(mix) > len(groups[0]):
+                raise SiamgradError(f"mix must be a list of at most {len(groups[0])} MixParams (one per global "
+                                    "crop to mix; siamgrad.augment.mixing.draw_mix)")
+            if any(m.perm.shape[0] != v.shape[0] * D.world_size() for m in mix):
+                raise SiamgradError("mix: each draw's permutation must cover the whole (global) batch")
 
     def _features(self, x: Tensor) -> Tensor:
         y = self.backbone(x)
@@ -148,40 +175,74 @@ class SiameseMethod(nn.Module):
         with self._per_view(encoder, m):
             return unshuffle(encoder(shuffle(x, perm)), perm)
 
-    def branches(self, views: list[Tensor]) -> Branches:
-        """One forward over all views (each view's batch-norm statistics its own with
-        ``view_bn=per_view``); the target branch as chosen by ``target``."""
-        n, m = views[0].shape[0], len(views)
+    def _forward(self, views: Sequence[Tensor], predictor: nn.Module | None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Backbone features, projections and predictions of equal-size ``views`` in one forward
+        (each view's batch-norm statistics its own with ``view_bn=per_view``)."""
         x = torch.cat(list(views), dim=0)
-        online_nets = [self.backbone, self.projector, *([self.predictor] if self.predictor is not None else [])]
-        with self._per_view(nn.ModuleList(online_nets), m):
+        nets = [self.backbone, self.projector, *([predictor] if predictor is not None else [])]
+        with self._per_view(nn.ModuleList(nets), len(views)):
             y = self._features(x)
             z = self.projector(y)
-            p = self.predictor(z) if self.predictor is not None else None
-        self.last_features = y[:n].detach()
-        zm = self._keys(x, m) if self.target in MOMENTUM_TARGETS else None
+            p = predictor(z) if predictor is not None else None
+        return y, z, p
+
+    def _online(self, views: Sequence[Tensor], predictor: nn.Module | None) -> tuple[list[Tensor], list[Tensor]]:
+        n = views[0].shape[0]
+        _, z, p = self._forward(views, predictor)
         online = list(upcast(z).split(n))
-        predicted = list(upcast(p).split(n)) if p is not None else online
+        return online, list(upcast(p).split(n)) if p is not None else online
+
+    def _targets(self, online: list[Tensor], zm: Tensor | None) -> tuple[list[Tensor], list[Tensor]]:
+        """``(positive, negative)`` of the global crops' ``online`` features (new lists: ``online`` grows)."""
         if self.target == "none":
-            positive = negative = online
+            positive = negative = list(online)
         elif self.target == "stopgrad":
             positive = negative = [t.detach() for t in online]
         else:
             assert zm is not None
-            positive = list(upcast(zm).split(n))
+            positive = list(upcast(zm).split(online[0].shape[0]))
             negative = positive if self.target == "momentum" else [t.detach() for t in online]
-        return Branches(online=online, predicted=predicted, positive=positive, negative=negative)
+        return positive, negative
 
-    def training_step(self, views: list[Tensor]) -> tuple[Tensor, dict[str, float]]:
-        """Loss (graph attached) and float logs for a list of M >= 2 augmented batches [N, 3, H, W]."""
-        self._check_views(views)
-        b = self.branches(views)
+    def branches(self, views: list[Tensor], mix: Sequence[MixParams] | None = None) -> Branches:
+        """One forward per size group (the global crops, then each size of local crops, then the mixed
+        copies of the global crops); the target branch, from the global crops, as chosen by ``target``."""
+        groups = size_groups(views)
+        globals_, n = groups[0], views[0].shape[0]
+        y, z, p = self._forward(globals_, self.predictor)
+        self.last_features = y[:n].detach()
+        zm = self._keys(torch.cat(list(globals_), dim=0), len(globals_)) if self.target in MOMENTUM_TARGETS else None
+        online = list(upcast(z).split(n))
+        predicted = list(upcast(p).split(n)) if p is not None else list(online)
+        positive, negative = self._targets(online, zm)
+        local_head = self.local_predictor if self.local_predictor is not None else self.predictor
+        extra = [(group, local_head) for group in groups[1:]]
+        if mix:
+            extra.append(([mix_images(globals_[k], m) for k, m in enumerate(mix)], self.predictor))
+        for group, head in extra:
+            more, more_predicted = self._online(group, head)
+            online += more
+            predicted += more_predicted
+        n_local = sum(len(g) for g in groups[1:])
+        first_mixed = len(globals_) + n_local
+        mixed = {first_mixed + k: MixedView(m.ratio, functools.partial(partner_rows, perm=m.perm))
+                 for k, m in enumerate(mix or [])}
+        return Branches(online=online, predicted=predicted, positive=positive, negative=negative,
+                        pairs=view_pairs(len(globals_), n_local, len(mixed)), mixed=mixed)
+
+    def training_step(self, views: list[Tensor], mix: Sequence[MixParams] | None = None
+                      ) -> tuple[Tensor, dict[str, float]]:
+        """Loss (graph attached) and float logs for augmented batches [N, 3, H, W]: G >= 2 global crops,
+        then any local crops; ``mix``: CutMix / Mixup draws for the first ``len(mix)`` global crops."""
+        self._check_views(views, mix)
+        b = self.branches(views, mix)
         with float32(views[0].device):
             loss, logs = self.spec.evaluate(self.form, b, self.params, self.state)
             with torch.no_grad():
-                pairs = ordered_pairs(len(b.online))
+                assert b.pairs is not None
                 pos_sim = torch.stack(
-                    [(l2n(b.online[a].detach()) * l2n(b.positive[c].detach())).sum(1).mean() for a, c in pairs]
+                    [(l2n(b.online[a].detach()) * l2n(b.positive[c].detach())).sum(1).mean()
+                     for a, c in b.pairs if a not in b.mixed]
                 ).mean()
         logs = {"loss": loss.detach(), **logs, "pos_sim": pos_sim}
         device = loss.device
@@ -195,9 +256,9 @@ class SiameseMethod(nn.Module):
         """The state's tensors for diagnostics (``F``, ``predictor``, ``queue``; empty when none)."""
         return self.state.diagnostics() if self.state is not None else {}
 
-    def forward(self, views: list[Tensor]) -> tuple[Tensor, dict[str, float]]:
+    def forward(self, views: list[Tensor], mix: Sequence[MixParams] | None = None) -> tuple[Tensor, dict[str, float]]:
         """Same as :meth:`training_step` (so DistributedDataParallel's hooks see a forward call)."""
-        return self.training_step(views)
+        return self.training_step(views) if mix is None else self.training_step(views, mix)
 
     def momentum_at(self, step: int, total_steps: int) -> float:
         """``m = 1 - (1 - m0) (cos(pi step / total_steps) + 1) / 2`` (``m0`` when ``total_steps <= 0`` or
@@ -225,3 +286,14 @@ class SiameseMethod(nn.Module):
             self.state.on_step_end()
         if self.key_shuffle is not None:
             self.key_shuffle.advance()
+
+
+def size_groups(views: Sequence[Tensor]) -> list[list[Tensor]]:
+    """``views`` split into runs of consecutive views of equal shape (one forward each)."""
+    groups: list[list[Tensor]] = []
+    for v in views:
+        if groups and groups[-1][0].shape == v.shape:
+            groups[-1].append(v)
+        else:
+            groups.append([v])
+    return groups

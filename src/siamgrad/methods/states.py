@@ -121,8 +121,8 @@ class FeatureQueue(MethodState):
 class DirectPredictor(MethodState):
     """The DirectPred linear predictor ``p = W_p f``, set from ``F_hat`` every ``freq`` steps.
 
-    ``F_hat <- rho F_hat + (1 - rho) F_batch`` observes the online projector outputs of all views
-    each step, before the objective. Two ways to use it between resets:
+    ``F_hat <- rho F_hat + (1 - rho) F_batch`` observes the online projector outputs of all global
+    views each step, before the objective. Two ways to use it between resets:
 
     * ``trained=True`` (the reference, facebookresearch/luckmatters ``ssl/real-dataset/byol_trainer.py``,
       ``predictor_reg=corr``): ``W_p`` is a parameter (bias-free linear layer, default
@@ -180,7 +180,8 @@ class DirectPredictor(MethodState):
         return f @ self.weight.T.to(f.dtype)
 
     def observe(self, branches: Branches) -> None:
-        self.update([z.detach() for z in branches.online])
+        # the global crops' outputs (all views of a plain step): local crops and mixed images stay out of F_hat
+        self.update([z.detach() for z in branches.online[: len(branches.positive)]])
 
     def diagnostics(self) -> dict[str, Tensor]:
         return {"F": self.F_hat, "predictor": self.weight.detach()} if int(self.ema.updates) > 0 else {}

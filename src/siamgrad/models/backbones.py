@@ -84,7 +84,10 @@ def build_backbone(name: str, cifar_stem: bool = True) -> tuple[nn.Module, int]:
 
     ``small``/``tiny``: :class:`SmallResNet` for CPU work; ``resnet18/34/50``: torchvision's,
     with ``cifar_stem`` replacing the 7x7/stride-2 stem and max-pool by a 3x3/stride-1 conv;
-    ``timm:NAME``: a timm model (``num_classes=0``) when timm is installed.
+    ``timm:NAME[,key=value,...]``: a timm model (``num_classes=0``, the keys passed to
+    ``timm.create_model``, values read as YAML) when timm is installed, e.g.
+    ``timm:vit_tiny_patch16_224,img_size=32,patch_size=4,dynamic_img_size=true`` (a patch-4 ViT-Tiny
+    for 32 px images whose position embeddings are interpolated for smaller local crops).
     """
     if name == "small":
         net = SmallResNet((32, 64, 128))
@@ -95,15 +98,33 @@ def build_backbone(name: str, cifar_stem: bool = True) -> tuple[nn.Module, int]:
     if name in ("resnet18", "resnet34", "resnet50"):
         return _torchvision_resnet(name, cifar_stem)
     if name.startswith("timm:"):
-        try:
-            import timm  # type: ignore[import-not-found]
-        except ImportError:
-            raise ConfigError(f"backbone '{name}' needs timm; install it (pip install timm)") from None
-        try:
-            net = timm.create_model(name[5:], pretrained=False, num_classes=0)
-        except Exception as e:  # timm raises RuntimeError for unknown names
-            raise ConfigError(f"backbone '{name}': timm cannot build it ({e})") from None
-        return net, int(net.num_features)
+        return _timm_model(name)
     raise ConfigError(
         f"unknown backbone '{name}'; choose one of: {', '.join(BACKBONES)}, or timm:NAME"
     )
+
+
+def _timm_kwargs(name: str, spec: str) -> dict:
+    import yaml
+
+    kwargs = {}
+    for item in filter(None, spec.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"backbone '{name}': '{item}' is not key=value; write timm:NAME,key=value,...")
+        kwargs[key.strip()] = yaml.safe_load(value)
+    return kwargs
+
+
+def _timm_model(name: str) -> tuple[nn.Module, int]:
+    try:
+        import timm  # type: ignore[import-not-found]
+    except ImportError:
+        raise ConfigError(f"backbone '{name}' needs timm; install it (pip install 'siamgrad[timm]')") from None
+    model, _, spec = name[5:].partition(",")
+    kwargs = _timm_kwargs(name, spec)
+    try:
+        net = timm.create_model(model, pretrained=False, num_classes=0, **kwargs)
+    except Exception as e:  # timm raises RuntimeError for unknown names, TypeError for unknown keys
+        raise ConfigError(f"backbone '{name}': timm cannot build it ({e})") from None
+    return net, int(net.num_features)

@@ -34,8 +34,9 @@ import torch
 from torch import nn
 
 from siamgrad import distributed as D
+from siamgrad.augment.mixing import MixParams, draw_step_mix
 from siamgrad.augment.multiview import build_augment
-from siamgrad.config import Config, resolve, to_dict
+from siamgrad.config import Config, check_augment, resolve, to_dict
 from siamgrad.cpu import default_threads, native_bf16
 from siamgrad.data.sets import load_data, make_batches, should_stream
 from siamgrad.errors import CheckpointError, ConfigError, TrainingError
@@ -104,8 +105,9 @@ class Trainer:
                                     rank=self.rank, world=self.world)
         self.steps_per_epoch = len(self.batches)
         self.total_steps = cfg.epochs * self.steps_per_epoch
+        check_augment(cfg, size=self.size)  # local crops against the data's own size
         self.augment = build_augment(cfg.augment.preset, self.size, cfg.augment.n_views, mean=self.mean,
-                                     std=self.std, **_augment_overrides(cfg))
+                                     std=self.std, **_local_crops(cfg), **_augment_overrides(cfg))
 
         # model, optimizer, probe
         self.method = build_method(cfg).to(self.device)
@@ -135,7 +137,6 @@ class Trainer:
 
         self.step = 0
         self.skipped_steps = 0  # steps skipped for a NaN/Inf loss (on_nan=skip), over the whole run
-        self.train_seconds = 0.0  # wall time in training steps alone (no evaluation or saving), over the whole run
         self.folder = RunFolder(cfg, is_main=self.is_main)
         self.run_dir = self.folder.path
         # the model the steps call: DDP around the method when there are several processes (its
@@ -168,17 +169,15 @@ class Trainer:
         self._say(f"run folder: {self.run_dir}  ({len(self.train_set)} images, {self.steps_per_epoch} steps/epoch, "
                   f"{self.total_steps} steps, device {self.device}{procs})")
         progress = Progress(self.total_steps, enabled=cfg.progress and self.log)
-        speed = _Speed(cfg.batch_size * cfg.augment.n_views)  # view-images through the backbone per step
+        speed = _Speed(cfg.batch_size * _online_views(cfg))  # view-images through the backbone per step
         bad_steps, stopped, interrupted, last_loss = 0, False, False, float("nan")
         signals = _StopSignals()  # Ctrl-C / SIGTERM: finish the step, save, say how to resume
         try:
             while self.step < self.total_steps and not (stopped or interrupted):
                 epoch, pos = divmod(self.step, self.steps_per_epoch)
-                tick = time.perf_counter()
                 for images, labels in self.batches.epoch(epoch, pos):
                     loss, logs = self.train_step(images, labels)
                     self.step += 1
-                    self.train_seconds += time.perf_counter() - tick
                     if not math.isfinite(loss):
                         bad_steps += 1
                         self._skip_bad_step(loss, bad_steps, metrics)
@@ -197,7 +196,6 @@ class Trainer:
                     if signals.any(self.world, self.device):  # the same answer on every rank
                         interrupted = True
                         break
-                    tick = time.perf_counter()
                 else:  # the end of an epoch
                     if not cfg.diag.every:
                         self._diagnose(metrics)
@@ -234,7 +232,7 @@ class Trainer:
     def train_step(self, images: torch.Tensor, labels: torch.Tensor | None) -> tuple[float, dict]:
         """One optimizer step of the method (and of the online probe); the global loss and logs."""
         cfg = self.cfg
-        views = self.views(images)
+        views, mix = self.views(images), self.mixing(len(images))
         if cfg.channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         if self.param_dtype != views[0].dtype:  # a float64 model (default dtype float64): float64 views
@@ -244,7 +242,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
-            loss, logs = self.model(views)  # == method.training_step(views), through DDP if wrapped
+            # == method.training_step(views[, mix]), through DDP if wrapped
+            loss, logs = self.model(views) if mix is None else self.model(views, mix)
         loss_value, logs = self._global_logs(float(loss.detach()), logs)
         if not math.isfinite(loss_value):
             return loss_value, logs
@@ -267,6 +266,16 @@ class Trainer:
         g = torch.Generator().manual_seed(self.cfg.seed * 7_919 + self.step + 1)
         share = (self.rank, self.world) if self.world > 1 else None
         return self.augment(images, generator=g, share=share)
+
+    def mixing(self, local_batch: int) -> list[MixParams] | None:
+        """The CutMix / Mixup draws of step ``self.step`` for the global crops (None: not mixed), from a
+        generator seeded by ``(seed, step)`` apart from the augmentation's: the same on every process."""
+        a = self.cfg.augment
+        if a.mix == "none":
+            return None
+        g = torch.Generator().manual_seed(self.cfg.seed * 7_919 + self.step + 1 + _MIX_STREAM)
+        return draw_step_mix(a.mix, a.mix_alpha, a.mix_p, a.n_views, local_batch * self.world, self.size,
+                             self.size, g)
 
     # -- pieces of the loop
 
@@ -297,8 +306,7 @@ class Trainer:
     def _log_step(self, metrics: Metrics, loss: float, logs: dict, ips: float) -> None:
         if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
             rec = {"step": self.step, "epoch": self.step / self.steps_per_epoch, **logs,
-                   "loss": loss, "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": ips,
-                   "train_seconds": round(self.train_seconds, 3)}
+                   "loss": loss, "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": ips}
             if self.skipped_steps:
                 rec["skipped_steps"] = self.skipped_steps
             metrics.write(rec)
@@ -338,8 +346,7 @@ class Trainer:
         acc = self.knn()
         if acc is None:
             return None
-        rec: dict[str, Any] = {"step": self.step, "epoch": epoch, "knn_acc": acc,
-                               "train_seconds": round(self.train_seconds, 3)}
+        rec: dict[str, Any] = {"step": self.step, "epoch": epoch, "knn_acc": acc}
         probe = self.evaluator.probe_accuracy(self.probe)
         if probe is not None:
             rec["online_probe_acc"] = probe
@@ -365,7 +372,6 @@ class Trainer:
             "step": self.step, "knn_accuracy": knn_acc, "best_knn_accuracy": self.evaluator.best_knn,
             "random_init_knn_accuracy": b["random_knn"], "raw_pixel_knn_accuracy": b["raw_pixel_knn"],
             "final_loss": last_loss, "skipped_steps": self.skipped_steps,
-            "train_seconds": round(self.train_seconds, 3),
         })
 
     def _result(self, knn_acc: float | None, stopped_early: bool = False) -> TrainResult:
@@ -383,7 +389,6 @@ class Trainer:
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "skipped_steps": self.skipped_steps,
-            "train_seconds": self.train_seconds,
             **self.evaluator.state_dict(),
             "mean": list(self.mean),
             "std": list(self.std),
@@ -411,7 +416,6 @@ class Trainer:
             ) from None
         self.step = int(state["step"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
-        self.train_seconds = float(state.get("train_seconds", 0.0))
         self.evaluator.load_state_dict(state)
 
     def _resume(self) -> bool:
@@ -485,6 +489,20 @@ class _Speed:
         self.steps += 1
         elapsed = max(time.monotonic() - self.t0, 1e-9)
         return self.steps * self.images_per_step / elapsed, steps_left * elapsed / self.steps
+
+
+_MIX_STREAM = 2**40  # offsets the mixing generator's seeds from the augmentation's
+
+
+def _local_crops(cfg: Config) -> dict[str, Any]:
+    a = cfg.augment
+    return {"local_views": a.local_crops, "local_size": a.local_size, "local_scale": tuple(a.local_scale)}
+
+
+def _online_views(cfg: Config) -> int:
+    """Views through the online backbone per image: global and local crops, and the mixed copies."""
+    a = cfg.augment
+    return a.n_views + a.local_crops + (a.n_views if a.mix != "none" else 0)
 
 
 def _augment_overrides(cfg: Config) -> dict[str, Any]:

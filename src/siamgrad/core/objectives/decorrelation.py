@@ -25,6 +25,12 @@ others ``zbar_{-a} = (sum_b z_b - z_a) / (M - 1)``:
 ``L = w_s s + w_v v + w_c c``; for M = 2 this is exactly the paper's loss
 (variance averaged over the two views, covariance summed).
 
+Multi-crop and mixing (local crops, mixed views; :mod:`siamgrad.methods.objectives`): Barlow Twins
+is the two-view loss averaged over the (online view, global target) pairs; VICReg's invariance is
+:func:`vicreg_invariance` averaged over those pairs, its variance and covariance
+(:func:`vicreg_variance_covariance`) taken over every online view. For G = 2 global crops alone
+both are the two-view losses. The gradient forms below are already pairwise.
+
 Gradient forms (UniGrad Table 1, l2-normalization instead of batch standardization), w.r.t. the
 normalized online feature ``u1`` (view a) with target ``u2^m`` (view b):
 
@@ -56,6 +62,8 @@ __all__ = [
     "barlow_twins_loss",
     "barlow_twins_multiview_terms",
     "vicreg_terms",
+    "vicreg_invariance",
+    "vicreg_variance_covariance",
     "vicreg_loss",
     "barlow_twins_gradient",
     "vicreg_gradient",
@@ -140,6 +148,20 @@ def vicreg_terms(zs: list[Tensor], gamma: float = 1.0, eps: float = 1e-4) -> tup
     m = len(gathered)
     total = torch.stack(gathered).sum(dim=0)
     inv = torch.stack([F.mse_loss(z, (total - z) / (m - 1)) for z in gathered]).mean()
+    return (inv, *_variance_covariance(gathered, gamma, eps))
+
+
+def vicreg_invariance(z: Tensor, target: Tensor) -> Tensor:
+    """``mean_{i,k} (z - target)_{ik}^2`` over the global batch: the invariance term of one view pair."""
+    return F.mse_loss(_gather(z), _gather(target))
+
+
+def vicreg_variance_covariance(zs: list[Tensor], gamma: float = 1.0, eps: float = 1e-4) -> tuple[Tensor, Tensor]:
+    """VICReg's variance and covariance terms of the views ``zs`` (module docstring), on their own."""
+    return _variance_covariance([_gather(z) for z in zs], gamma, eps)
+
+
+def _variance_covariance(gathered: list[Tensor], gamma: float, eps: float) -> tuple[Tensor, Tensor]:
     var_terms, cov_terms = [], []
     for z in gathered:
         n, d = z.shape
@@ -147,7 +169,7 @@ def vicreg_terms(zs: list[Tensor], gamma: float = 1.0, eps: float = 1e-4) -> tup
         var_terms.append(F.relu(gamma - std).mean())
         zc = z - z.mean(dim=0)
         cov_terms.append(_off_diagonal_sq(zc.T @ zc / (n - 1)) / d)
-    return inv, torch.stack(var_terms).mean(), 2.0 * torch.stack(cov_terms).mean()
+    return torch.stack(var_terms).mean(), 2.0 * torch.stack(cov_terms).mean()
 
 
 def vicreg_loss(zs: list[Tensor], sim_weight: float, var_weight: float, cov_weight: float) -> Tensor:
