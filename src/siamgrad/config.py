@@ -23,6 +23,7 @@ from typing import Any, Literal
 import torch
 import yaml
 
+from siamgrad.cpu import native_bf16
 from siamgrad.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent / "configs"
@@ -139,7 +140,8 @@ class Config:
     batch_size: int = field(default=128, metadata=_range(2))  # global: split over the processes of a torchrun
     seed: int = 0
     device: str = "auto"  # auto: cuda if available, else cpu
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on cuda, fp32 on cpu
+    # auto: bf16 on cuda, fp32 on cpu; bf16_if_native: bf16 on cuda and on CPUs with native bf16
+    precision: Literal["auto", "fp32", "bf16", "bf16_if_native"] = "auto"
     channels_last: bool | None = None  # None: on for cuda
     compile: bool = False
     # several processes (torchrun): normalize batch-norm layers (backbone and heads) over the global
@@ -466,6 +468,8 @@ def resolve(cfg: Config) -> Config:
     on_gpu = cfg.device.startswith("cuda")
     if cfg.precision == "auto":
         cfg.precision = "bf16" if on_gpu else "fp32"
+    elif cfg.precision == "bf16_if_native":
+        cfg.precision = "bf16" if on_gpu or native_bf16() else "fp32"
     if cfg.channels_last is None:
         cfg.channels_last = on_gpu
     if cfg.backbone == "auto":

@@ -137,6 +137,7 @@ class Trainer:
 
         self.step = 0
         self.skipped_steps = 0  # steps skipped for a NaN/Inf loss (on_nan=skip), over the whole run
+        self.train_seconds = 0.0  # wall time in training steps alone (no evaluation or saving), over the whole run
         self.folder = RunFolder(cfg, is_main=self.is_main)
         self.run_dir = self.folder.path
         # the model the steps call: DDP around the method when there are several processes (its
@@ -175,9 +176,11 @@ class Trainer:
         try:
             while self.step < self.total_steps and not (stopped or interrupted):
                 epoch, pos = divmod(self.step, self.steps_per_epoch)
+                tick = time.perf_counter()
                 for images, labels in self.batches.epoch(epoch, pos):
                     loss, logs = self.train_step(images, labels)
                     self.step += 1
+                    self.train_seconds += time.perf_counter() - tick
                     if not math.isfinite(loss):
                         bad_steps += 1
                         self._skip_bad_step(loss, bad_steps, metrics)
@@ -196,6 +199,7 @@ class Trainer:
                     if signals.any(self.world, self.device):  # the same answer on every rank
                         interrupted = True
                         break
+                    tick = time.perf_counter()
                 else:  # the end of an epoch
                     if not cfg.diag.every:
                         self._diagnose(metrics)
@@ -306,7 +310,8 @@ class Trainer:
     def _log_step(self, metrics: Metrics, loss: float, logs: dict, ips: float) -> None:
         if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
             rec = {"step": self.step, "epoch": self.step / self.steps_per_epoch, **logs,
-                   "loss": loss, "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": ips}
+                   "loss": loss, "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": ips,
+                   "train_seconds": round(self.train_seconds, 3)}
             if self.skipped_steps:
                 rec["skipped_steps"] = self.skipped_steps
             metrics.write(rec)
@@ -346,7 +351,8 @@ class Trainer:
         acc = self.knn()
         if acc is None:
             return None
-        rec: dict[str, Any] = {"step": self.step, "epoch": epoch, "knn_acc": acc}
+        rec: dict[str, Any] = {"step": self.step, "epoch": epoch, "knn_acc": acc,
+                               "train_seconds": round(self.train_seconds, 3)}
         probe = self.evaluator.probe_accuracy(self.probe)
         if probe is not None:
             rec["online_probe_acc"] = probe
@@ -372,6 +378,7 @@ class Trainer:
             "step": self.step, "knn_accuracy": knn_acc, "best_knn_accuracy": self.evaluator.best_knn,
             "random_init_knn_accuracy": b["random_knn"], "raw_pixel_knn_accuracy": b["raw_pixel_knn"],
             "final_loss": last_loss, "skipped_steps": self.skipped_steps,
+            "train_seconds": round(self.train_seconds, 3),
         })
 
     def _result(self, knn_acc: float | None, stopped_early: bool = False) -> TrainResult:
@@ -389,6 +396,7 @@ class Trainer:
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "skipped_steps": self.skipped_steps,
+            "train_seconds": self.train_seconds,
             **self.evaluator.state_dict(),
             "mean": list(self.mean),
             "std": list(self.std),
@@ -416,6 +424,7 @@ class Trainer:
             ) from None
         self.step = int(state["step"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.train_seconds = float(state.get("train_seconds", 0.0))
         self.evaluator.load_state_dict(state)
 
     def _resume(self) -> bool:
