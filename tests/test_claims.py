@@ -229,7 +229,7 @@ def test_contrast_numbers_and_verdicts_from_runs():
 def test_the_registry_names_runs_the_grids_have():
     from siamgrad.config import build_config
 
-    assert [cl.key for cl in C.CLAIMS] == list("abcdefghijklmno")
+    assert [cl.key for cl in C.CLAIMS] == list("abcdefghijklmnop")
     for cl in C.CLAIMS:
         assert cl.statement and cl.paper_figure and cl.source and cl.paper and cl.note
         for c in cl.contrasts:

@@ -188,20 +188,24 @@ def test_paper_grids_vary_what_the_papers_vary():
 
 def test_cpu_grids_fit_the_cpu_budget():
     """CPU sizes stay under 1,200 step-equivalents (batch 256, two 32-px views through the small
-    backbone in bf16, about 1.4 s each on 2 cores; a momentum encoder's extra forward counts 1/3):
-    under 30 minutes with evaluation."""
+    backbone in bf16, about 1.4 s each on 2 cores; a momentum encoder's extra forward counts 1/3, a
+    local crop its share of a global crop's pixels, a mixed copy a global crop): under 30 minutes with
+    evaluation."""
     from siamgrad.data.datasets import load_dataset
 
     if not Path(reproduce.SUBSET).is_dir():
         pytest.skip("the shared CIFAR-10 subset is not here")
     n = len(load_dataset("cifar10", reproduce.SUBSET, "train"))
-    for name in ("unigrad_table1", "unigrad_table2", "directpred", "small_projectors", "many_views"):
+    for name in ("unigrad_table1", "unigrad_table2", "unigrad_table3", "directpred", "small_projectors",
+                 "many_views"):
         exp = reproduce.EXPERIMENTS[name]
         total = 0.0
         for _, s in exp.runs_for("cpu"):
             cfg = build_config([*exp.sizes["cpu"], *s])
             steps = cfg.epochs * (int(n * cfg.data.fraction) // cfg.batch_size)
-            views = cfg.augment.n_views / 2
+            a = cfg.augment
+            local = a.local_crops * (a.local_size or 0) ** 2 / 32**2
+            views = (a.n_views + local + (a.n_views if a.mix != "none" else 0)) / 2
             momentum = 4 / 3 if reproduce.setting_value(cfg, "method.target") in ("momentum", "momentum_positive") else 1
             total += steps * views * momentum * cfg.batch_size / 256
         assert total < 1200, (name, total)
