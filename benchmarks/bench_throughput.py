@@ -371,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-variants", action="store_true", help="skip the fp32/bf16 x layout table of siamgrad's step")
     p.add_argument("--local-crops", type=int, default=4, help="local crops of the multi-crop comparison (0: skip it)")
     p.add_argument("--local-size", type=int, default=16, help="side of the local crops (px)")
+    p.add_argument("--multicrop-only", action="store_true", help="only the multi-crop comparison")
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--contention", type=int, default=0, metavar="N",
                    help="run beside N busy processes started (and stopped) by the benchmark")
@@ -402,6 +403,10 @@ def run(args: argparse.Namespace) -> int:
           f"{args.views} views, {args.threads} threads; peer: torchvision transforms on PIL images, "
           f"DataLoader with {args.workers} workers; {rounds} interleaved rounds, medians"
           + (f"; beside {args.contention} busy processes" if args.contention else ""))
+    if args.multicrop_only:
+        mc = multicrop_cost(args, data, make_model(args.backbone, args.precision, cl), rounds, step_steps)
+        print(f"multicrop_ratio={mc:.2f}")
+        return 0
     vi = args.batch * args.views
     peer = peer_dataset(data, args.views)
 
