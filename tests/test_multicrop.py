@@ -319,3 +319,22 @@ def test_throughput_benchmark_measures_the_cost_of_local_crops(capsys) -> None:
     ratio = bench.multicrop_cost(args, data, model, rounds=1, steps=1)
     out = capsys.readouterr().out
     assert 0 < ratio < 10 and "2 x 16 px + 2 x 8 px" in out and "images/s" in out
+
+
+# ------------------------------------------------------------------------------------ resume
+
+
+def test_a_resumed_multicrop_mixed_run_ends_with_the_same_weights(tmp_path) -> None:
+    """The local crops and the mixing draws of step s come from generators seeded by (seed, s)."""
+    from siamgrad import checkpoint as ck
+
+    common = ["backbone=tiny", "batch_size=32", "epochs=1", "data.fraction=0.1", "method.proj_hidden_dim=16",
+              "method.proj_output_dim=8", "progress=false", "threads=1", "diag.enabled=false",
+              "eval.random_baseline=false", "eval.every=0", "eval.online_probe=false", f"out_dir={tmp_path}",
+              "augment.local_crops=2", "augment.local_size=8", "augment.mix=mixup", "augment.mix_p=0.5"]
+    straight = train(build_config([*common, "run_name=straight", "stop_after=3"]), log=False)
+    train(build_config([*common, "run_name=parts", "stop_after=1"]), log=False)
+    parts = train(build_config([*common, "run_name=parts", "stop_after=3", "resume=true"]), log=False)
+    assert straight.step == parts.step == 3
+    a, b = (ck.load_checkpoint(r.run_dir / "latest.pt")["method"] for r in (straight, parts))
+    assert all(torch.equal(a[k], b[k]) for k in a)
