@@ -166,6 +166,18 @@ def test_timm_backbone_export_loads_into_timm(tmp_path, model):
     assert read_meta(res.weights)["stem"] == "own"
 
 
+def test_timm_backbone_with_options_exports_with_them(tmp_path):
+    """``timm:NAME,key=value``: the export builds the timm model with the same keys (a patch-4 ViT at 32 px)."""
+    timm = pytest.importorskip("timm", reason="timm is not installed (pip install 'siamgrad[timm]')")
+    run = fake_run(tmp_path, "timm:test_vit,img_size=32,patch_size=4")
+    res = export_backbone(str(run))
+    target = timm.create_model("test_vit", pretrained=False, num_classes=0, img_size=32, patch_size=4)
+    target.load_state_dict(load_file(str(res.weights)), strict=True)
+    features_match(run, target)
+    meta = json.loads(res.meta.read_text())
+    assert "img_size=32, patch_size=4" in "\n".join(meta["load"])  # the load lines build the same model
+
+
 def test_resnet_export_loads_into_timm_resnet(tmp_path):
     timm = pytest.importorskip("timm", reason="timm is not installed (pip install 'siamgrad[timm]')")
     run = fake_run(tmp_path, "resnet18", True)

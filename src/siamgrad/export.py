@@ -6,8 +6,8 @@ Formats (``--format``; the default follows the backbone):
   ``torchvision.models.resnetNN(weights=None)`` with ``fc = nn.Identity()`` and, for a run
   trained with the CIFAR stem, ``conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)``
   and ``maxpool = nn.Identity()``.
-* ``timm`` (default for ``timm:NAME``): keys that load into ``timm.create_model(NAME,
-  num_classes=0)``; ResNets also export to timm's ``resnetNN`` (the same key names; the CIFAR
+* ``timm`` (default for ``timm:NAME[,key=value,...]``): keys that load into ``timm.create_model(NAME,
+  num_classes=0, key=value, ...)``; ResNets also export to timm's ``resnetNN`` (the same key names; the CIFAR
   stem changed the same way).
 * ``state_dict``: siamgrad's own keys, loading into
   :func:`siamgrad.models.backbones.build_backbone` (the only format of the ``small``/``tiny``
@@ -39,6 +39,7 @@ from siamgrad.config import from_dict, uses_cifar_stem
 from siamgrad.errors import ConfigError
 from siamgrad.eval.checkpoint import run_folder
 from siamgrad.eval.features import load_backbone
+from siamgrad.models.backbones import timm_spec
 
 FORMATS = ("torchvision", "timm", "state_dict")
 RESNETS = ("resnet18", "resnet34", "resnet50")
@@ -90,8 +91,10 @@ def _load_lines(meta: dict[str, Any], file_name: str) -> list[str]:
         build = ["import torch, torchvision", f"model = torchvision.models.{arch}(weights=None)", *cifar,
                  "model.fc = torch.nn.Identity()"]
     elif fmt == "timm":
-        name = arch[5:] if arch.startswith("timm:") else arch
-        build = ["import torch, timm", f"model = timm.create_model({name!r}, pretrained=False, num_classes=0)", *cifar]
+        name, kwargs = timm_spec(arch)
+        options = "".join(f", {k}={v!r}" for k, v in kwargs.items())
+        build = ["import torch, timm", f"model = timm.create_model({name!r}, pretrained=False, num_classes=0{options})",
+                 *cifar]
     else:
         build = ["import torch", "from siamgrad.models.backbones import build_backbone",
                  f"model, dim = build_backbone({arch!r}, cifar_stem={stem == 'cifar'})"]
@@ -115,7 +118,8 @@ def build_target(meta: dict[str, Any]) -> nn.Module:
     else:
         import timm  # type: ignore[import-not-found]
 
-        model = timm.create_model(arch[5:] if arch.startswith("timm:") else arch, pretrained=False, num_classes=0)
+        name, kwargs = timm_spec(arch)
+        model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
     if stem == "cifar":
         model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
         model.maxpool = nn.Identity()

@@ -104,7 +104,10 @@ def build_backbone(name: str, cifar_stem: bool = True) -> tuple[nn.Module, int]:
     )
 
 
-def _timm_kwargs(name: str, spec: str) -> dict:
+def timm_spec(name: str) -> tuple[str, dict]:
+    """``("NAME", {key: value})`` of ``timm:NAME,key=value,...`` (values read as YAML); a plain name
+    (``resnet18``) has no keys."""
+    model, _, spec = (name[5:] if name.startswith("timm:") else name).partition(",")
     import yaml
 
     kwargs = {}
@@ -113,7 +116,7 @@ def _timm_kwargs(name: str, spec: str) -> dict:
         if not eq or not key.strip():
             raise ConfigError(f"backbone '{name}': '{item}' is not key=value; write timm:NAME,key=value,...")
         kwargs[key.strip()] = yaml.safe_load(value)
-    return kwargs
+    return model, kwargs
 
 
 def _timm_model(name: str) -> tuple[nn.Module, int]:
@@ -121,8 +124,7 @@ def _timm_model(name: str) -> tuple[nn.Module, int]:
         import timm  # type: ignore[import-not-found]
     except ImportError:
         raise ConfigError(f"backbone '{name}' needs timm; install it (pip install 'siamgrad[timm]')") from None
-    model, _, spec = name[5:].partition(",")
-    kwargs = _timm_kwargs(name, spec)
+    model, kwargs = timm_spec(name)
     try:
         net = timm.create_model(model, pretrained=False, num_classes=0, **kwargs)
     except Exception as e:  # timm raises RuntimeError for unknown names, TypeError for unknown keys
