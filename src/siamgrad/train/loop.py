@@ -509,7 +509,8 @@ def _local_crops(cfg: Config) -> dict[str, Any]:
 
 
 def _online_views(cfg: Config) -> int:
-    """Views through the online backbone per image: global and local crops, and the mixed copies."""
+    """Views through the online backbone per image: global and local crops, and the mixed copies
+    (counted on every step: with ``mix_p < 1`` the images/s shown is an upper bound)."""
     a = cfg.augment
     return a.n_views + a.local_crops + (a.n_views if a.mix != "none" else 0)
 
