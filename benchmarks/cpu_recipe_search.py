@@ -41,6 +41,8 @@ CANDIDATES: dict[str, list[str]] = {
     "tiny_b128_e6": ["backbone=tiny", "epochs=6", "batch_size=128"],
     "tiny_b128_e6_m096": ["backbone=tiny", "epochs=6", "batch_size=128", "method.momentum=0.96"],
     "tiny_b64_e6": ["backbone=tiny", "epochs=6", "batch_size=64"],
+    "tiny_e12": ["backbone=tiny", "epochs=12"],
+    "tiny_b128_e12": ["backbone=tiny", "epochs=12", "batch_size=128"],
 }
 
 
