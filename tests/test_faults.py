@@ -291,7 +291,7 @@ def test_images_of_wrong_shape_or_dtype_are_one_line_errors() -> None:
         ([v[0], v[0]], "image batches [N, C, H, W]"),
         ([v.double(), v.double()], "views are torch.float64 but the model is torch.float32"),
         ([v, v.double()], "same dtype"),
-        ([v, v[:2]], "same shape"),
+        ([v, v[:2]], "same batch size"),
         ([v[:1], v[:1]], "at least 2 images"),
         ([v], "at least 2 view"),
         ("images", "at least 2 view"),
