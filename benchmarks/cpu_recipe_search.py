@@ -43,6 +43,8 @@ CANDIDATES: dict[str, list[str]] = {
     "tiny_b64_e6": ["backbone=tiny", "epochs=6", "batch_size=64"],
     "tiny_e12": ["backbone=tiny", "epochs=12"],
     "tiny_b128_e12": ["backbone=tiny", "epochs=12", "batch_size=128"],
+    "tiny_b128_e36": ["backbone=tiny", "epochs=36", "batch_size=128", "eval.every=3"],
+    "tiny_b128_v4_e18": ["backbone=tiny", "epochs=18", "batch_size=128", "augment.n_views=4", "eval.every=3"],
 }
 
 
@@ -80,24 +82,28 @@ def _fmt(x: float | None, spec: str = ".2f") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, loaded: set[str], raw_pixels: float | None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     for r in rows:
         if r["curve"]:
             m, a = zip(*r["curve"])
-            ax.plot(m, a, marker="o", ms=3, label=f"{r['name']} (val {_fmt(r['val'], '.1f')}%)")
+            busy = r["name"] in loaded
+            ax.plot(m, a, marker="o", ms=3, ls="--" if busy else "-",
+                    label=f"{r['name']} (val {_fmt(r['val'], '.1f')}%)" + (", machine busy" if busy else ""))
+    if raw_pixels is not None:
+        ax.axhline(raw_pixels, color="black", ls="-.", lw=1, label=f"raw pixels ({raw_pixels:.1f}%)")
     ax.axhline(45, color="gray", ls=":", lw=1)
     ax.axhline(40, color="gray", ls=":", lw=1)
     ax.set_xlabel("minutes of training (2 CPU cores)")
     ax.set_ylabel("kNN top-1 on the test split (%)")
     ax.set_title("UniGrad on the CIFAR-10 subset: accuracy vs training time")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -114,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-min", type=float, default=10.0)
     p.add_argument("--table-only", action="store_true", help="summarize the finished runs, train nothing")
     p.add_argument("--plot", type=Path, help="write the accuracy-vs-minutes plot here")
+    p.add_argument("--loaded", nargs="*", default=[],
+                   help="runs trained while other jobs used the cores: dashed in the plot, marked in the table")
     args = p.parse_args(argv)
     if not args.data_root.is_dir():
         print(f"error: no CIFAR-10 subset at {args.data_root}; pass --data-root", file=sys.stderr)
@@ -130,13 +138,15 @@ def main(argv: list[str] | None = None) -> int:
     print("| candidate | overrides | minutes | val kNN | test kNN | minutes to 40% | minutes to 45% |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['name']} | {' '.join(CANDIDATES[r['name']])} | {r['minutes']:.1f} | {_fmt(r['val'])} | "
+        r["busy"] = r["name"] in args.loaded
+        print(f"| {r['name']}{' (busy)' if r['busy'] else ''} | {' '.join(CANDIDATES[r['name']])} | {r['minutes']:.1f} | {_fmt(r['val'])} | "
               f"{r['test']:.2f} | {_fmt(r['to40'], '.1f')} | {_fmt(r['to45'], '.1f')} |")
     within = [r for r in rows if r["minutes"] <= args.budget_min and r["val"] is not None]
+    raw = json.loads((args.out / rows[0]["name"] / "results.json").read_text()).get("raw_pixel_knn_accuracy") if rows else None
     if within:
         print(f"best={max(within, key=lambda r: r['val'])['name']}")
     if args.plot and rows:
-        plot(rows, args.plot)
+        plot(rows, args.plot, set(args.loaded), raw)
     return 0
 
 
