@@ -43,7 +43,7 @@ class DataConfig:
     train_split: str | None = None  # None: "train" ("train+unlabeled" for stl10)
     test_split: str = "test"
     fraction: float = field(default=1.0, metadata=_range(0.0, 1.0, lo_open=True))
-    # streaming (siamgrad.data.stream): read files batch by batch instead of holding the set in memory;
+    # streaming (siamgrad.data.streaming): read files batch by batch instead of holding the set in memory;
     # None: auto (always for shards, for image folders of more than 50,000 files)
     stream: bool | None = None
     workers: int | None = field(default=None, metadata=_range(0))  # reader processes; None: cores - 1 (max 16)
