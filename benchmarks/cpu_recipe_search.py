@@ -59,7 +59,7 @@ def run_candidate(name: str, overrides: list[str], out: Path, data: Path, eval_e
     if not (done.exists() and "knn_accuracy" in json.loads(done.read_text())):
         _sh([sys.executable, "-m", "siamgrad", "train", *BASE, f"data.root={data}", f"out_dir={out}",
              f"run_name={name}", f"eval.every={eval_every}", f"seed={seed}", *overrides])
-    if "knn@val" not in json.loads(done.read_text()).get("eval", {}):
+    if "knn@val" not in json.loads(done.read_text()).get("eval", {}):  # re-read: the training wrote it
         _sh([sys.executable, "-m", "siamgrad", "eval", "knn", str(run), "--split", "val", "--no-baselines"])
     return run
 
@@ -74,7 +74,7 @@ def summarize(run: Path) -> dict:
     val = results.get("eval", {}).get("knn@val", {})
     first = lambda t: next((m for m, a in curve if a >= t), None)  # noqa: E731
     return {"name": run.name, "minutes": results.get("train_seconds", 0) / 60, "test": results["knn_accuracy"],
-            "val": val.get("knn_top1", val.get("knn_test_top1")), "to40": first(40.0), "to45": first(45.0),
+            "val": val.get("knn_top1"), "raw_pixels": results.get("raw_pixel_knn_accuracy"), "to40": first(40.0), "to45": first(45.0),
             "curve": curve}
 
 
@@ -142,11 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['name']}{' (busy)' if r['busy'] else ''} | {' '.join(CANDIDATES[r['name']])} | {r['minutes']:.1f} | {_fmt(r['val'])} | "
               f"{r['test']:.2f} | {_fmt(r['to40'], '.1f')} | {_fmt(r['to45'], '.1f')} |")
     within = [r for r in rows if r["minutes"] <= args.budget_min and r["val"] is not None]
-    raw = json.loads((args.out / rows[0]["name"] / "results.json").read_text()).get("raw_pixel_knn_accuracy") if rows else None
     if within:
         print(f"best={max(within, key=lambda r: r['val'])['name']}")
     if args.plot and rows:
-        plot(rows, args.plot, set(args.loaded), raw)
+        plot(rows, args.plot, set(args.loaded), rows[0]["raw_pixels"])
     return 0
 
 

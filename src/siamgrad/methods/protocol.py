@@ -17,6 +17,8 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
+from siamgrad.core.gradient import ordered_pairs
+
 
 @dataclass(frozen=True)
 class MixedView:
@@ -56,8 +58,7 @@ class Branches:
 
     def __post_init__(self) -> None:
         if self.pairs is None:
-            m = len(self.online)
-            self.pairs = [(a, c) for a in range(m) for c in range(m) if a != c]
+            self.pairs = ordered_pairs(len(self.online))
 
     @property
     def plain(self) -> bool:

@@ -186,11 +186,13 @@ class SiameseMethod(nn.Module):
             p = predictor(z) if predictor is not None else None
         return y, z, p
 
-    def _online(self, views: Sequence[Tensor], predictor: nn.Module | None) -> tuple[list[Tensor], list[Tensor]]:
+    def _online(self, views: Sequence[Tensor], predictor: nn.Module | None
+                ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        """Backbone features, then per-view projections and predictions (a list of its own) of ``views``."""
         n = views[0].shape[0]
-        _, z, p = self._forward(views, predictor)
+        y, z, p = self._forward(views, predictor)
         online = list(upcast(z).split(n))
-        return online, list(upcast(p).split(n)) if p is not None else online
+        return y, online, list(upcast(p).split(n)) if p is not None else list(online)
 
     def _targets(self, online: list[Tensor], zm: Tensor | None) -> tuple[list[Tensor], list[Tensor]]:
         """``(positive, negative)`` of the global crops' ``online`` features (new lists: ``online`` grows)."""
@@ -209,18 +211,16 @@ class SiameseMethod(nn.Module):
         copies of the global crops); the target branch, from the global crops, as chosen by ``target``."""
         groups = size_groups(views)
         globals_, n = groups[0], views[0].shape[0]
-        y, z, p = self._forward(globals_, self.predictor)
+        y, online, predicted = self._online(globals_, self.predictor)
         self.last_features = y[:n].detach()
         zm = self._keys(torch.cat(list(globals_), dim=0), len(globals_)) if self.target in MOMENTUM_TARGETS else None
-        online = list(upcast(z).split(n))
-        predicted = list(upcast(p).split(n)) if p is not None else list(online)
         positive, negative = self._targets(online, zm)
         local_head = self.local_predictor if self.local_predictor is not None else self.predictor
         extra = [(group, local_head) for group in groups[1:]]
         if mix:
             extra.append(([mix_images(globals_[k], m) for k, m in enumerate(mix)], self.predictor))
         for group, head in extra:
-            more, more_predicted = self._online(group, head)
+            _, more, more_predicted = self._online(group, head)
             online += more
             predicted += more_predicted
         n_local = sum(len(g) for g in groups[1:])

@@ -267,9 +267,13 @@ class Trainer:
         batch and rank ``r`` applies its share of them (``share=(rank, world)``): the augmentation
         of every sample does not depend on the number of processes.
         """
-        g = torch.Generator().manual_seed(self.cfg.seed * 7_919 + self.step + 1)
+        g = self._step_generator()
         share = (self.rank, self.world) if self.world > 1 else None
         return self.augment(images, generator=g, share=share)
+
+    def _step_generator(self, stream: int = 0) -> torch.Generator:
+        """A generator seeded by ``(seed, step)``; ``stream`` keeps independent draws apart."""
+        return torch.Generator().manual_seed(self.cfg.seed * 7_919 + self.step + 1 + stream)
 
     def mixing(self, local_batch: int) -> list[MixParams] | None:
         """The CutMix / Mixup draws of step ``self.step`` for the global crops (None: not mixed), from a
@@ -277,7 +281,7 @@ class Trainer:
         a = self.cfg.augment
         if a.mix == "none":
             return None
-        g = torch.Generator().manual_seed(self.cfg.seed * 7_919 + self.step + 1 + _MIX_STREAM)
+        g = self._step_generator(_MIX_STREAM)
         return draw_step_mix(a.mix, a.mix_alpha, a.mix_p, a.n_views, local_batch * self.world, self.size,
                              self.size, g)
 
