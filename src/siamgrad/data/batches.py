@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from siamgrad.data.in_memory import ImageDataset
+from siamgrad.data.seeding import epoch_generator
 from siamgrad.errors import ConfigError
 
 
@@ -39,8 +40,7 @@ class InMemoryBatches:
         return self.steps_per_epoch
 
     def order(self, epoch: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.n, generator=g)
+        return torch.randperm(self.n, generator=epoch_generator(self.seed, epoch))
 
     def epoch(self, epoch: int, start: int = 0):
         """Yield ``(images, labels)`` for the steps ``start..steps_per_epoch-1`` of ``epoch``."""

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from siamgrad.data.decode import IMAGE_EXTENSIONS, one_line
+from siamgrad.data.seeding import epoch_generator
 from siamgrad.errors import ConfigError, DataError
 
 __all__ = [
@@ -49,7 +50,6 @@ __all__ = [
     "ShardSource",
     "Source",
     "build_shard_index",
-    "epoch_generator",
     "image_folder_split",
     "load_shard_index",
     "open_source",
@@ -67,11 +67,6 @@ SHARD_INDEX_VERSION = 1
 
 _IMAGE_EXTS = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS)
 _FOLDER_EXPECTED = "<class>/*.png|jpg|jpeg|bmp|webp (or a flat folder of images)"
-
-
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """The generator of epoch ``epoch``'s order (the seeding of ``InMemoryBatches.order``)."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
 class Source:

@@ -25,6 +25,7 @@ from torch import nn
 
 from siamgrad.augment.multiview import PRESETS, MultiViewAugment, normalize_only
 from siamgrad.data.in_memory import ImageDataset
+from siamgrad.data.seeding import epoch_generator, step_generator
 
 _NO_COLOR = dict(jitter_p=0.0, gray_p=0.0, blur_p=0.0, solarize_p=0.0)
 
@@ -104,13 +105,12 @@ def finetune(
     say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
     train_acc = 0.0
     for epoch in range(s.epochs):
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(s.seed * 1_000_003 + epoch))
+        order = torch.randperm(n, generator=epoch_generator(s.seed, epoch))
         correct = seen = 0
         loss_sum = 0.0
         for b in range(steps_per_epoch):
             idx = order[b * s.batch_size : (b + 1) * s.batch_size]
-            g = torch.Generator().manual_seed(s.seed * 7_919 + step + 1)
-            (x,) = augment(train.images[idx].to(device), generator=g)
+            (x,) = augment(train.images[idx].to(device), generator=step_generator(s.seed, step))
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = labels[idx].to(device)

@@ -38,6 +38,7 @@ from siamgrad.augment.mixing import MixParams, draw_step_mix
 from siamgrad.augment.multiview import build_augment
 from siamgrad.config import Config, check_augment, resolve, to_dict
 from siamgrad.cpu import default_threads, native_bf16
+from siamgrad.data.seeding import step_generator
 from siamgrad.data.sets import load_data, make_batches, should_stream
 from siamgrad.errors import CheckpointError, ConfigError, TrainingError
 from siamgrad.methods.from_config import build_method, method_options
@@ -272,8 +273,7 @@ class Trainer:
         return self.augment(images, generator=g, share=share)
 
     def _step_generator(self, stream: int = 0) -> torch.Generator:
-        """A generator seeded by ``(seed, step)``; ``stream`` keeps independent draws apart."""
-        return torch.Generator().manual_seed(self.cfg.seed * 7_919 + self.step + 1 + stream)
+        return step_generator(self.cfg.seed, self.step, stream)
 
     def mixing(self, local_batch: int) -> list[MixParams] | None:
         """The CutMix / Mixup draws of step ``self.step`` for the global crops (None: not mixed), from a
