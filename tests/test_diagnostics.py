@@ -516,6 +516,30 @@ def test_method_diagnostics_directpred_predictor_alignment():
     assert not any(k.startswith("grad/") for k in rec)
 
 
+def test_method_diagnostics_trained_linear_predictor_alignment_against_numpy():
+    g = torch.Generator().manual_seed(35)
+    views = [torch.randn(12, 3, 4, 4, generator=g) for _ in range(2)]
+    m = _live("byol", pred_layers=1)
+    _train_steps(m, views)
+    with torch.no_grad():  # the online features the diagnostic sees, to build F independently
+        state = {k: v.clone() for k, v in m.state_dict().items()}
+        b = m.branches(views)
+        z = np.concatenate([b.online[0].double().numpy(), b.online[1].double().numpy()])
+        m.load_state_dict(state)
+    F = z.T @ z / len(z)
+    w = m.predictor[0].weight.detach().double().numpy()
+    s, phi = np.linalg.eigh(F)
+    phi = phi[:, s > 1e-6 * s.max()]
+    expected = np.mean(np.sum(phi * (w @ phi), axis=0) / np.linalg.norm(w @ phi, axis=0))
+    rec = dg.method_diagnostics(m, views, gradients=False)
+    assert rec["diag/pred_align"] == pytest.approx(expected, abs=1e-5)
+    assert -1.0 <= expected < 0.99  # a trained W_p after two steps is not yet a function of F
+    with torch.no_grad():  # W_p = F^2 shares F's eigenvectors: aligned
+        m.predictor[0].weight.copy_(torch.from_numpy(F @ F).float())
+    assert dg.method_diagnostics(m, views, gradients=False)["diag/pred_align"] == pytest.approx(1.0, abs=1e-4)
+    assert "diag/pred_align" not in dg.method_diagnostics(_live("byol"), views, gradients=False)  # 2-layer MLP
+
+
 class _Constant(torch.nn.Module):
     """A backbone whose features ignore the input: complete collapse by construction."""
 

@@ -18,8 +18,9 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import Tensor
 
+from siamgrad.core.gradient import batch_correlation
 from siamgrad.diagnostics.collapse import CollapseDetector
-from siamgrad.diagnostics.features import DIAG_PREFIX, diag_record
+from siamgrad.diagnostics.features import DIAG_PREFIX, diag_record, predictor_alignment
 from siamgrad.diagnostics.gradients import grad_record, gradient_table
 from siamgrad.errors import SiamgradError
 from siamgrad.methods.protocol import unwrap
@@ -52,6 +53,15 @@ def _unwrap(method: torch.nn.Module, views: Any, who: str) -> torch.nn.Module:
     return m
 
 
+def _linear_weight(predictor: torch.nn.Module | None) -> Tensor | None:
+    """The weight of a predictor that is one square linear map (``pred_layers=1``), else None."""
+    layers = list(predictor) if isinstance(predictor, torch.nn.Sequential) else [predictor]
+    if len(layers) == 1 and isinstance(layers[0], torch.nn.Linear):
+        w = layers[0].weight
+        return w.detach() if w.shape[0] == w.shape[1] else None
+    return None
+
+
 def method_diagnostics(method: torch.nn.Module, views: list[Tensor], *, gradients: bool = True,
                        spectrum: bool = True) -> dict[str, Any]:
     r"""Feature statistics (``diag/*``) and gradient decomposition (``grad/*``) of a live method on a batch.
@@ -63,7 +73,8 @@ def method_diagnostics(method: torch.nn.Module, views: list[Tensor], *, gradient
 
     * ``diag/*``: :func:`diag_record` of the online projector outputs of the two views, with
       ``diag/F_spectrum`` (the method's moving-average ``F`` or DirectPred's ``F_hat``, once it has
-      been updated) and ``diag/pred_align`` (DirectPred: its predictor vs ``F_hat``);
+      been updated) and ``diag/pred_align`` (DirectPred: its predictor vs ``F_hat``; a trained
+      square linear predictor: its weight vs the batch's ``F`` of the online features);
     * ``grad/*``: :func:`grad_record` with the method's own target branch, options, ``F``, queue and
       (BYOL/SimSiam) trained predictor.
 
@@ -80,6 +91,11 @@ def method_diagnostics(method: torch.nn.Module, views: list[Tensor], *, gradient
         st = m.state_diagnostics()
         F, predictor_w, queue = st.get("F"), st.get("predictor"), st.get("queue")
         rec = diag_record(z1, z2o, spectrum=spectrum, predictor=predictor_w, correlation=F)
+        trained = _linear_weight(m.predictor) if predictor_w is None else None
+        if trained is not None:
+            # a trained linear predictor (BYOL/SimSiam pred_layers=1) has no F of its own: compare it
+            # with the batch's correlation of the online features, as DirectPred's analysis does
+            rec[DIAG_PREFIX + "pred_align"] = predictor_alignment(trained, batch_correlation([z1, z2o]))
         if gradients:
             rec.update(grad_record(m.name, z1, t2, target=m.target, z1_target=t1, z2_online=z2o, F=F, queue=queue,
                                    predictor=m.predictor, options=m.options))

@@ -276,8 +276,8 @@ CLAIMS: list[Claim] = [
     Claim("k", _DP, "the trained linear predictor's eigenspaces align with those of F during training",
           (Contrast("directpred", "byol-linear_predictor", None, "at_least", 0.9, "pred_align"),),
           "the trained predictor's eigenspaces come to align with those of F", "analysis of the training dynamics",
-          "final diag/pred_align at least 0.9; the diagnostics log it for DirectPred's predictor only, not yet "
-          "for a trained linear one, so this claim has no data until they do"),
+          "the last diag/pred_align at least 0.9: the mean cosine between W_p phi and phi over the top "
+          "eigenvectors phi of the batch's F of the online features (1: W_p shares F's eigenvectors)"),
     Claim("l", _SP, "with the off-diagonal weight scaled for the width, a small projector performs like a large one",
           _alike("small_projectors", [("vicreg-d128-cov50", "vicreg-d512-cov12.5"),
                                       ("bt-d128-lambd0.04", "bt-d512-lambd0.01")]),
