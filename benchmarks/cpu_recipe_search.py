@@ -31,9 +31,9 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-subset"
 BASE = ["preset=cifar10_cpu", "diag.gradients=false", "diag.report=false", "diag.collapse=warn",
         "eval.online_probe=false", "progress=false"]
 
-# name -> overrides of the preset (UniGrad, 32 px); each sized to about 10 minutes of training on a
-# 2-core AVX2 CPU without native bf16, where the small ResNet's whole step runs at about 50
-# view-images/s and the tiny one's at about 110 (docs/benchmarks.md)
+# name -> overrides of the preset (UniGrad, 32 px), each sized to about 10 minutes of training on
+# one of the two 2-core CPUs of docs/results.md: the first group for a CPU without native bf16
+# (fp32), the second for one with AVX512-BF16 (bf16 autocast, several times faster there)
 CANDIDATES: dict[str, list[str]] = {
     "small_e3": ["epochs=3"],
     "small_b128_e3": ["epochs=3", "batch_size=128"],
@@ -45,6 +45,9 @@ CANDIDATES: dict[str, list[str]] = {
     "tiny_b128_e12": ["backbone=tiny", "epochs=12", "batch_size=128"],
     "tiny_b128_e36": ["backbone=tiny", "epochs=36", "batch_size=128", "eval.every=3"],
     "tiny_b128_v4_e18": ["backbone=tiny", "epochs=18", "batch_size=128", "augment.n_views=4", "eval.every=3"],
+    # native bf16
+    "small_e28": ["epochs=28", "eval.every=4"],
+    "small_b128_e20": ["epochs=20", "batch_size=128", "eval.every=4"],
 }
 
 
