@@ -258,3 +258,23 @@ def test_benchmark_peer_pipeline_applies_the_recipe():
     assert [tuple(t.shape) for t in v] == [(3, 8, 8)] * 2 and not np.allclose(v[0].numpy(), v[1].numpy())
     ours, _ = next(iter(bench.BatchedViews(ds, 2, 4)))
     assert [tuple(t.shape) for t in ours] == [(4, 3, 8, 8)] * 2
+
+
+def test_gpu_subset_size_is_the_cpu_grid_with_resnet18_for_fifty_times_the_epochs():
+    from siamgrad.config import uses_cifar_stem
+    from siamgrad.experiments import claims
+
+    grids = {**reproduce.EXPERIMENTS, **claims.CLAIM_GRIDS}
+    on_subset = [n for n, e in grids.items() if f"data.root={reproduce.SUBSET}" in e.sizes["cpu"]]
+    assert len(on_subset) >= 9 and "digits_methods" not in on_subset
+    for name in on_subset:
+        exp = grids[name]
+        cpu_runs, gpu_runs = exp.runs_for("cpu"), exp.runs_for("gpu_subset")
+        assert [label for label, _ in gpu_runs] == [label for label, _ in cpu_runs], name
+        for (label, c), (_, g) in zip(cpu_runs, gpu_runs):
+            cpu = build_config([*exp.sizes["cpu"], *c])
+            gpu = build_config([*exp.sizes["gpu_subset"], *g])
+            assert (gpu.backbone, uses_cifar_stem(gpu)) == ("resnet18", True), (name, label)
+            assert gpu.epochs == 50 * cpu.epochs and gpu.eval.every == gpu.epochs // 10, (name, label)
+            assert gpu.method == cpu.method and gpu.augment == cpu.augment and gpu.data == cpu.data, (name, label)
+    assert set(claims.claim_runs(claims.CLAIMS)) <= set(on_subset)  # every claim reads at this size

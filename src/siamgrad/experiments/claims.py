@@ -197,6 +197,7 @@ CLAIM_GRIDS: dict[str, runner.Experiment] = {
         columns=["method.pred_layers"],
     ),
 }
+runner.with_gpu_subset(CLAIM_GRIDS["claims_collapse"])
 
 # effective rank counted as collapsed: under a tenth of the CPU size's 128-d projector
 _COLLAPSED_RANK = 12.8

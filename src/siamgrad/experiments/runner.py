@@ -5,7 +5,8 @@
 
 Every experiment has a ``cpu`` size (the shared CIFAR-10 subset or the embedded digits, designed to
 finish in under 30 minutes on 2 CPU cores) and a ``paper`` size (full datasets and ResNets, for a
-GPU); some have more (``paper_stl10``). Each run of the grid is an ordinary ``siamgrad train`` run in
+GPU); those on the subset also have ``gpu_subset`` (the CPU runs with a CIFAR-stem ResNet-18 for
+50 times the epochs: minutes per run on one GPU), some have more (``paper_stl10``). Each run of the grid is an ordinary ``siamgrad train`` run in
 ``OUT/NAME-SIZE/LABEL``; a run that already finished is not repeated, so an interrupted grid
 continues where it stopped. Settings given on the command line apply to every run (after the
 grid's own); ``only=a,b`` trains only the runs labelled ``a`` and ``b``. The results are collected into ``results.csv``, ``results.md`` and ``results.png`` in
@@ -418,6 +419,29 @@ EXPERIMENTS: dict[str, Experiment] = {
               "of the data match 2 views on all of it.",
     ),
 }
+
+# The gpu_subset size: a grid's CPU runs on the same subset, with a CIFAR-stem ResNet-18 and 50 times
+# the CPU epochs (150-500 epochs of 5,085 images, minutes per run on one GPU), kNN every tenth of
+# the run; the run labels stay, so every claim reads at this size too. For the effects that need
+# a longer schedule than the CPU's few epochs.
+GPU_SUBSET_EPOCHS = 50
+
+
+def with_gpu_subset(exp: Experiment) -> Experiment:
+    """Add the ``gpu_subset`` size to a grid trained on the CIFAR-10 subset at ``cpu`` size."""
+    cpu = exp.sizes["cpu"]
+    epochs = next(int(s.partition("=")[2]) for s in reversed(cpu) if s.startswith("epochs="))
+    longer = epochs * GPU_SUBSET_EPOCHS
+    exp.sizes["gpu_subset"] = [*(s for s in cpu if not s.startswith("epochs=")), "backbone=resnet18",
+                               "cifar_stem=true", f"epochs={longer}", f"eval.every={longer // 10}"]
+    if isinstance(exp.runs, dict):
+        exp.runs["gpu_subset"] = exp.runs["cpu"]
+    return exp
+
+
+for _exp in EXPERIMENTS.values():
+    if f"data.root={SUBSET}" in _exp.sizes.get("cpu", []):
+        with_gpu_subset(_exp)
 
 
 def available() -> list[str]:
