@@ -313,3 +313,23 @@ def test_reproduce_claims_on_the_real_registry_trains_each_named_run_once(tmp_pa
     text = doc.read_text()
     assert all(f"| ({k}) " in text for k in "abcdefghijklmno")
     assert text.count("not yet measured at 3 seeds") >= 15  # one seed: no verdict anywhere
+
+
+def test_the_claims_own_grid_runs_from_the_command_its_report_prints(monkeypatch, capsys):
+    from siamgrad import cli
+    from siamgrad.experiments import runner
+
+    seen = {}
+
+    def fake_run(name, settings, out_dir, exp=None):
+        seen.update(name=name, settings=settings, exp=exp)
+        return "done"
+
+    monkeypatch.setattr(runner, "run_experiment", fake_run)
+    line = C.command("claims_collapse", ["byol-no_predictor"], "cpu", 3)
+    assert cli.main(line.split()[1:]) == 0
+    assert seen["exp"] is C.CLAIM_GRIDS["claims_collapse"]
+    assert seen["settings"] == ["size=cpu", "seeds=3", "only=byol-no_predictor"]
+    assert cli.main(["reproduce", "list"]) == 0 and "claims_collapse" in capsys.readouterr().out
+    assert cli.main(["reproduce", "nope"]) != 0
+    assert "unknown experiment 'nope'" in capsys.readouterr().err
