@@ -333,3 +333,34 @@ def test_the_claims_own_grid_runs_from_the_command_its_report_prints(monkeypatch
     assert cli.main(["reproduce", "list"]) == 0 and "claims_collapse" in capsys.readouterr().out
     assert cli.main(["reproduce", "nope"]) != 0
     assert "unknown experiment 'nope'" in capsys.readouterr().err
+
+
+def test_minutes_to_a_knn_target_read_from_the_run_curves(tmp_path):
+    root = tmp_path / "speedy-cpu"
+    # per seed: (training seconds, kNN) of every evaluation; "slow" reaches 35% at 120/150/90 s,
+    # "fast" at 60/50/60 s; seed 3 of "slow" never reaches it and leaves its pair out
+    curves = {"slow": [[(30, 30.0), (60, 34.0), (120, 35.5), (150, 37.0)], [(50, 33.0), (150, 35.0)],
+                       [(45, 34.9), (90, 36.0)], [(60, 31.0), (120, 33.0)]],
+              "fast": [[(30, 33.0), (60, 35.1), (90, 36.0)], [(50, 35.2)], [(60, 35.0)], [(60, 36.0)]]}
+    rows = ["run,seed,knn_top1,status"]
+    for run, per_seed in curves.items():
+        for seed, curve in enumerate(per_seed):
+            rows.append(f"{run},{seed},{curve[-1][1]},ok")
+            folder = root / f"{run}-s{seed}"
+            folder.mkdir(parents=True)
+            lines = [json.dumps({"step": i, "loss": 1.0}) for i in range(2)]
+            lines += [json.dumps({"step": 10 * (i + 1), "knn_acc": a, "train_seconds": t}) for i, (t, a) in enumerate(curve)]
+            (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    root.joinpath("results.csv").write_text("\n".join(rows) + "\n")
+    res = C.load_results(tmp_path, "cpu", ["speedy"])
+    c = C.Contrast("speedy", "slow", "fast", "greater", 1.0, "minutes_to_knn@35", ratio=True)
+    r = C.evaluate_contrast(c, res)
+    ratios = [120 / 60, 150 / 50, 90 / 60]  # by hand from the curves above
+    logs = stats.mean_interval([math.log(x) for x in ratios])
+    assert r.seeds == [0, 1, 2]
+    assert (r.interval.mean, r.interval.low, r.interval.high) == pytest.approx(
+        (math.exp(logs.mean), math.exp(logs.low), math.exp(logs.high)))
+    assert r.interval.mean == pytest.approx((2.0 * 3.0 * 1.5) ** (1 / 3))
+    assert r.verdict == C.verdict("greater", r.interval, 1.0)
+    assert C._value(res[("speedy", "slow")][3], "minutes_to_knn@35") is None
+    assert C._value(res[("speedy", "fast")][0], "minutes_to_knn@35") == pytest.approx(1.0)

@@ -270,13 +270,14 @@ _VIEW_METHODS = [("bt", ["method=barlow_twins", "method.width_scaled=true"]), ("
 _VIEW_METHODS_CPU = [_VIEW_METHODS[0], ("vicreg", _VICREG_CPU)]
 # CPU: M=8 on all the data (4x the cost of M=2) is left to the paper size to keep under 30 minutes.
 _VIEWS_CPU = [(2, 1.0), (4, 1.0), (2, 0.5), (4, 0.5), (2, 0.25), (8, 0.25)]
+_VIEWS_PAPER = [(2, 1.0), (4, 1.0), (8, 1.0), (2, 0.5), (4, 0.5), (2, 0.25), (8, 0.25)]
 
 
 def _baseline_once(runs: Runs) -> Runs:
     """The random-init kNN baseline in the first run only: every run of a grid starts from the same
     backbone initialization (same seed, same backbone), so it is the same figure for all."""
     return [(label, s if i == 0 else [*s, "eval.random_baseline=false"]) for i, (label, s) in enumerate(runs)]
-_VIEWS_PAPER = [(2, 1.0), (4, 1.0), (8, 1.0), (2, 0.5), (4, 0.5), (2, 0.25), (8, 0.25)]
+
 
 # UniGrad Table 3: UniGrad alone, with multi-crop, with CutMix, with both (the momentum encoder of
 # its reference). CPU: 4 local crops of 16 px beside the preset's two 32 px crops, local crop scale
