@@ -364,3 +364,9 @@ def test_minutes_to_a_knn_target_read_from_the_run_curves(tmp_path):
     assert r.verdict == C.verdict("greater", r.interval, 1.0)
     assert C._value(res[("speedy", "slow")][3], "minutes_to_knn@35") is None
     assert C._value(res[("speedy", "fast")][0], "minutes_to_knn@35") == pytest.approx(1.0)
+
+
+def test_each_size_has_its_own_claims_report():
+    assert C._split([])[3] == "docs/claims.md"
+    assert C._split(["size=gpu_subset"])[3] == "docs/claims_gpu_subset.md"
+    assert C._split(["size=gpu_subset", "doc=/tmp/x.md"])[3] == "/tmp/x.md"

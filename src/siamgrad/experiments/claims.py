@@ -2,6 +2,8 @@
 
     siamgrad reproduce claims [size=cpu] [seeds=3] [train=false] [doc=docs/claims.md] [key=value ...]
 
+The report goes to ``docs/claims.md`` at ``size=cpu``, ``docs/claims_SIZE.md`` at another size.
+
 A :class:`Claim` is a statement of a paper (UniGrad, DirectPred, arXiv 2312.10725) with the paper's
 own figure and where it stands, and one or more :class:`Contrast` s: a metric of run ``a`` of a
 grid against run ``b`` (the per-seed difference ``a - b``, or the ratio ``a / b``, paired over the
@@ -398,7 +400,7 @@ def load_results(out_dir: str | Path, size: str, grids: list[str]) -> Results:
 
 
 def _split(settings: list[str]) -> tuple[str, int, bool, str, list[str]]:
-    size, seeds, train, doc, rest = "cpu", 3, True, "docs/claims.md", []
+    size, seeds, train, doc, rest = "cpu", 3, True, None, []
     for s in settings:
         key, _, v = s.partition("=")
         if key == "size":
@@ -417,6 +419,8 @@ def _split(settings: list[str]) -> tuple[str, int, bool, str, list[str]]:
             raise ConfigError("only= does not apply to 'reproduce claims'; it trains the runs the claims name")
         else:
             rest.append(s)
+    if doc is None:  # one report per size: the CPU one is docs/claims.md
+        doc = "docs/claims.md" if size == "cpu" else f"docs/claims_{size}.md"
     return size, seeds, train, doc, rest
 
 
