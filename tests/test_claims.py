@@ -275,6 +275,8 @@ def test_reproduce_claims_trains_what_they_need_and_writes_the_verdicts(tmp_path
     assert "| no contrast yet | not yet measured at 3 seeds | 0 |" in row["w"]
     assert "+3.00 [+3.00, +3.00] (n=3)" in row["x"]  # the seeds move both runs alike: a constant difference
     assert "siamgrad reproduce toy_claims size=cpu seeds=3 only=good,base" in text
+    assert "Status: 3 of 4 claims have a verdict from at least 3 seeds." in text
+    assert "* holds: (x), (y)" in text and "* fails: (z)" in text and "* not yet measured at 3 seeds: (w)" in text
     # again: everything is reused, nothing retrains
     n = len(trained)
     C.run_claims(["size=cpu", "seeds=3", f"doc={doc}"], out_dir=out, log=False, claims=claims)

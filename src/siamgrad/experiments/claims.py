@@ -464,6 +464,19 @@ def _shown(v: str, need: int) -> str:
     return f"not yet measured at {need} seeds" if v == NOT_MEASURED else v
 
 
+def _status(evaluated: list[ClaimResult], want: int) -> list[str]:
+    """One line per verdict: which claims have it (the not-yet-measured ones last)."""
+    by: dict[str, list[str]] = {}
+    for r in evaluated:
+        by.setdefault(r.verdict, []).append(f"({r.claim.key})")
+    lines = [f"Status: {sum(len(by.get(v, [])) for v in (HOLDS, FAILS, INCONCLUSIVE))} of {len(evaluated)} "
+             f"claims have a verdict from at least {want} seeds.", ""]
+    for v in (HOLDS, FAILS, INCONCLUSIVE, NOT_MEASURED):
+        if by.get(v):
+            lines.append(f"* {_shown(v, want)}: {', '.join(by[v])}")
+    return lines
+
+
 def report(evaluated: list[ClaimResult], size: str, seeds: int, need: dict[str, list[str]],
            extra: list[str] | None = None) -> str:
     """The claims report in Markdown: one row per claim, then each claim's contrasts."""
@@ -479,6 +492,7 @@ def report(evaluated: list[ClaimResult], size: str, seeds: int, need: dict[str, 
         f"below {want} seeds. The claims, their runs and tolerances are data in "
         "`src/siamgrad/experiments/claims.py`.", "",
         f"Everything below: `{total}` (finished runs are reused).", "",
+        *_status(evaluated, want), "",
         "| claim | paper's figure | contrasts (ours) | verdict | seeds |",
         "|---|---|---|---|---|",
     ]
