@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 
 from siamgrad.config import build_config
-from siamgrad.experiments.runner import EXPERIMENTS
+from siamgrad.experiments.grids import EXPERIMENTS
 from siamgrad.methods.registry import REGISTRY, resolve_options
 from siamgrad.methods.siamese import head_spec
 

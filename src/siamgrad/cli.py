@@ -124,10 +124,9 @@ def _cmd_compare(args) -> int:
 
 
 def _cmd_reproduce(args) -> int:
-    from siamgrad.experiments import claims
-    from siamgrad.experiments import runner as reproduce
+    from siamgrad.experiments import claims, grids, runner
 
-    names = [*reproduce.available(), *sorted(claims.CLAIM_GRIDS)]
+    names = [*grids.available(), *sorted(grids.CLAIM_GRIDS)]
     if args.name in (None, "list"):
         for name in names:
             exp = claims.grid(name)
@@ -139,8 +138,8 @@ def _cmd_reproduce(args) -> int:
         return 0
     if args.name not in names:
         raise ConfigError(f"unknown experiment '{args.name}'; choose one of: {', '.join(names)}, claims")
-    exp = claims.CLAIM_GRIDS.get(args.name)  # the claims' own grids run like the papers' grids
-    print(reproduce.run_experiment(args.name, args.settings, out_dir=args.out, exp=exp))
+    exp = grids.CLAIM_GRIDS.get(args.name)  # the claims' own grids run like the papers' grids
+    print(runner.run_experiment(args.name, args.settings, out_dir=args.out, exp=exp))
     return 0
 
 

@@ -22,8 +22,8 @@ grid's table still shows the failure. ``siamgrad reproduce claims`` trains the r
 runs are reused; each grid's ``results.csv`` then holds just those runs), reads the per-seed rows
 back and writes the report (``docs/claims.md`` by default). ``train=false`` only reads what is there.
 
-Grids are the runner's :data:`~siamgrad.experiments.runner.EXPERIMENTS` plus :data:`CLAIM_GRIDS`,
-runs that no paper grid holds (predictor-free BYOL and SimSiam).
+Grids are :data:`~siamgrad.experiments.grids.EXPERIMENTS` plus :data:`~siamgrad.experiments.grids.CLAIM_GRIDS`,
+the runs no paper grid holds (predictor-free BYOL and SimSiam, claim (o)'s timed pair).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from pathlib import Path
 from siamgrad.checkpoint import atomic_write_text
 from siamgrad.errors import ConfigError
 from siamgrad.experiments import runner
+from siamgrad.experiments.grids import CLAIM_GRIDS, EXPERIMENTS, Experiment
 from siamgrad.experiments.stats import Interval, mean_interval
 
 KINDS = ("alike", "greater", "at_most", "at_least")
@@ -189,41 +190,6 @@ def evaluate(claims: list[Claim], results: Results, min_seeds: int = MIN_SEEDS) 
 # --------------------------------------------------------------------------------------------
 # the registry
 
-# Shared CPU settings of the claims' own grid (as the runner's CPU grids: kNN at the end, no gradient
-# decomposition, a collapse reported rather than fatal, no per-run report).
-_CPU = ["preset=cifar10_cpu", f"data.root={runner.SUBSET}", "eval.every=0", "diag.gradients=false",
-        "diag.collapse=warn", "diag.report=false"]
-_VICREG_CPU = ["method=vicreg", "optim.name=lars"]  # as the runner's CPU grids: SGD turns VICReg's loss NaN
-
-
-def _width(d: int) -> list[str]:
-    return [f"method.proj_hidden_dim={d}", f"method.proj_output_dim={d}"]
-
-
-CLAIM_GRIDS: dict[str, runner.Experiment] = {
-    "claims_collapse": runner.Experiment(
-        "BYOL and SimSiam without a predictor (DirectPred's collapse claim), 4 epochs as the directpred grid",
-        sizes={"cpu": [*_CPU, "epochs=4"], "paper": ["preset=stl10_resnet18", "eval.every=10", "diag.collapse=warn"]},
-        runs=[("byol-no_predictor", ["method=byol", "method.pred_layers=0", "method.momentum=0.99"]),
-              ("simsiam-no_predictor", ["method=simsiam", "method.pred_layers=0"])],
-        columns=["method.pred_layers"],
-    ),
-    "claims_speed": runner.Experiment(
-        "arXiv 2312.10725's recommended setting against the usual one, timed: VICReg with a 128-d projector "
-        "(its width's covariance weight) and 4 views vs a 512-d projector and 2 views, kNN after every epoch",
-        sizes={"cpu": [*_CPU, "epochs=5", "eval.every=1"],
-               "paper": ["preset=cifar10_resnet50_small_proj", "eval.every=10", "diag.collapse=warn"]},
-        runs={"cpu": [("vicreg-d512-M2", [*_VICREG_CPU, *_width(512), "method.cov_weight=12.5"]),
-                      ("vicreg-d128-M4", [*_VICREG_CPU, *_width(128), "method.cov_weight=50", "augment.n_views=4"])],
-              "paper": [("vicreg-d8192-M2", ["method=vicreg", *_width(8192)]),
-                        ("vicreg-d256-M4", ["method=vicreg", *_width(256), "method.width_scaled=true",
-                                            "augment.n_views=4"])]},
-        columns=["method.proj_output_dim", "augment.n_views"],
-    ),
-}
-for _grid in CLAIM_GRIDS.values():
-    runner.with_gpu_subset(_grid)
-
 # the kNN accuracy whose time to reach claim (o) compares: just above the subset's raw pixels (34.9%)
 _SPEED_TARGET = 35.0
 
@@ -353,12 +319,12 @@ def claim_runs(claims: list[Claim]) -> dict[str, list[str]]:
     return need
 
 
-def grid(name: str) -> runner.Experiment:
+def grid(name: str) -> Experiment:
     if name in CLAIM_GRIDS:
         return CLAIM_GRIDS[name]
-    if name in runner.EXPERIMENTS:
-        return runner.EXPERIMENTS[name]
-    raise ConfigError(f"claims name the grid '{name}', which neither the runner nor CLAIM_GRIDS has")
+    if name in EXPERIMENTS:
+        return EXPERIMENTS[name]
+    raise ConfigError(f"claims name the grid '{name}', which neither EXPERIMENTS nor CLAIM_GRIDS has")
 
 
 # --------------------------------------------------------------------------------------------
