@@ -440,6 +440,9 @@ def _status(evaluated: list[ClaimResult], want: int) -> list[str]:
     for v in (HOLDS, FAILS, INCONCLUSIVE, NOT_MEASURED):
         if by.get(v):
             lines.append(f"* {_shown(v, want)}: {', '.join(by[v])}")
+    if by.get(NOT_MEASURED):
+        lines += ["", "Each claim below gives the command that trains its runs; the single-seed CPU grids measured "
+                  "before seeds existed are in docs/experiments.md."]
     return lines
 
 
