@@ -4,6 +4,11 @@ The digests were recorded before the package moved into folders by capability; a
 must keep them bit for bit. A deliberate change of a default or of the numerics of a step changes
 them too: then re-record them (``python tests/test_fingerprint.py``) in the commit that makes the
 change, and say so in its message.
+
+Bit-exact results depend on the CPU's kernels (AVX2 and AVX512 builds of the same fp32 step round
+differently), so each run keeps the digest of every kind of CPU it was recorded on; a digest that
+matches none of them is a change of numerics (or a new kind of CPU: record it beside the others,
+from a commit whose digests match on a known one).
 """
 
 import hashlib
@@ -30,12 +35,19 @@ RUNS = {
     "barlow_twins": ["method=barlow_twins", "augment.n_views=3", *_PINNED],
 }
 
+# name -> the digests recorded so far, one per kind of CPU (the first on an earlier machine, the
+# second on an AMD EPYC with AVX512-BF16, from a commit whose first digests matched on the first)
 DIGESTS = {
-    "barlow_twins": "efa1780e9e59e01fd137918eeedb02a4a4d492414bc390925370d21de7536043",
-    "directpred": "6bec5a4f6621fdcc7d91b71f54df31e4c202f736c4f0a6f9012baa78a11eeb8f",
-    "moco": "48fe707ca3189c03a69e2851b808c1d74d06c95a99f6ff354311e65fdf1c6b94",
-    "unigrad": "78cfb69aba73eab83012ed835e1280d18883c0807b05654e02e6380c6ade3561",
-    "vicreg-gradient": "506cba8d4279ec08745dbed12c25f66d882282a17bf57095259b1c28cf957812",
+    "barlow_twins": ("efa1780e9e59e01fd137918eeedb02a4a4d492414bc390925370d21de7536043",
+                     "70bf701eea699cf6bed18c0457c829711c0cf16c5f3fc5018202b7fcf74b9311"),
+    "directpred": ("6bec5a4f6621fdcc7d91b71f54df31e4c202f736c4f0a6f9012baa78a11eeb8f",
+                   "b76fcd3046f55665bcd1177b956e83b4d6387d0ead44e016715ae083cbace75b"),
+    "moco": ("48fe707ca3189c03a69e2851b808c1d74d06c95a99f6ff354311e65fdf1c6b94",
+             "e3f9d68d7b8f7f6801ff62d82a3b367c8c46627f3da7c7a1124375c4870e7135"),
+    "unigrad": ("78cfb69aba73eab83012ed835e1280d18883c0807b05654e02e6380c6ade3561",
+                "e418fc2096c25ef5a75ad5d06fdc45ee68b0c82151e21f1bf0897a86e4a44dae"),
+    "vicreg-gradient": ("506cba8d4279ec08745dbed12c25f66d882282a17bf57095259b1c28cf957812",
+                        "e8d0d4029d54539b979429a603250850cb4983353911f927ff6fbf7eb0bf1912"),
 }
 
 
@@ -57,7 +69,7 @@ def weights_digest(tmp_path, name: str) -> str:
 
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_fixed_seed_run_ends_with_recorded_weights(tmp_path, name):
-    assert weights_digest(tmp_path, name) == DIGESTS[name]
+    assert weights_digest(tmp_path, name) in DIGESTS[name]
 
 
 if __name__ == "__main__":  # print the digests to record
