@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from siamgrad.errors import ConfigError
+from siamgrad.experiments import grids
 from siamgrad.experiments import runner as reproduce
 from siamgrad.experiments import stats
 
@@ -102,9 +103,9 @@ def test_seeds_repeat_every_run_and_resume_without_retraining(tmp_path, monkeypa
     seeds_seen, trained = {}, []
     knn = lambda name, seed: 40.0 + seed ** 2 + (3.0 if name.startswith("b") else 0.0)  # noqa: E731
     monkeypatch.setattr(train_mod, "train", _fake_train(seeds_seen, trained, knn))
-    exp = reproduce.Experiment("toy", sizes={"cpu": TINY}, runs=[("a", ["method=simclr"]), ("b", ["method=byol"])],
+    exp = grids.Experiment("toy", sizes={"cpu": TINY}, runs=[("a", ["method=simclr"]), ("b", ["method=byol"])],
                                hue=["method"])
-    monkeypatch.setitem(reproduce.EXPERIMENTS, "toy_seeds", exp)
+    monkeypatch.setitem(grids.EXPERIMENTS, "toy_seeds", exp)
     md = reproduce.run_experiment("toy_seeds", ["seeds=2"], out_dir=str(tmp_path), log=False)
     assert trained == ["a-s0", "b-s0", "a-s1", "b-s1"]  # every run of seed 0 first
     assert seeds_seen == {"a-s0": 0, "b-s0": 0, "a-s1": 1, "b-s1": 1}
@@ -136,8 +137,8 @@ def test_seeds_reuse_a_run_trained_before_as_seed_0(tmp_path, monkeypatch):
 
     seen, trained = {}, []
     monkeypatch.setattr(train_mod, "train", _fake_train(seen, trained, lambda name, seed: 40.0 + seed))
-    exp = reproduce.Experiment("toy", sizes={"cpu": TINY}, runs=[("a", ["method=simclr"]), ("b", ["method=byol"])])
-    monkeypatch.setitem(reproduce.EXPERIMENTS, "toy_legacy", exp)
+    exp = grids.Experiment("toy", sizes={"cpu": TINY}, runs=[("a", ["method=simclr"]), ("b", ["method=byol"])])
+    monkeypatch.setitem(grids.EXPERIMENTS, "toy_legacy", exp)
     reproduce.run_experiment("toy_legacy", [], out_dir=str(tmp_path), log=False)
     md = reproduce.run_experiment("toy_legacy", ["seeds=2"], out_dir=str(tmp_path), log=False)
     assert trained == ["a", "b", "a-s1", "b-s1"]
@@ -152,8 +153,8 @@ def test_seeds_reuse_a_run_trained_before_as_seed_0(tmp_path, monkeypatch):
 
 def test_seeds_with_real_training_reuse_finished_runs(tmp_path, monkeypatch):
     """Two seeds of one tiny run on the digits: different draws, and a rerun leaves both as they were."""
-    exp = reproduce.Experiment("toy", sizes={"cpu": [*TINY, "data.fraction=0.5"]}, runs=[("a", ["method=simclr"])])
-    monkeypatch.setitem(reproduce.EXPERIMENTS, "toy_real", exp)
+    exp = grids.Experiment("toy", sizes={"cpu": [*TINY, "data.fraction=0.5"]}, runs=[("a", ["method=simclr"])])
+    monkeypatch.setitem(grids.EXPERIMENTS, "toy_real", exp)
     md = reproduce.run_experiment("toy_real", ["seeds=2"], out_dir=str(tmp_path), log=False)
     import torch
 
@@ -234,17 +235,17 @@ def test_the_registry_names_runs_the_grids_have():
         assert cl.statement and cl.paper_figure and cl.source and cl.paper and cl.note
         for c in cl.contrasts:
             for g, label in c.runs():
-                exp = C.grid(g)
+                exp = grids.find(g)
                 runs = dict(exp.runs_for("cpu"))
                 assert label in runs, (cl.key, g, label)
-    for name, exp in C.CLAIM_GRIDS.items():
-        assert name not in reproduce.EXPERIMENTS
+    for name, exp in grids.CLAIM_GRIDS.items():
+        assert name not in grids.EXPERIMENTS
         for size, base in exp.sizes.items():
             for _, s in exp.runs_for(size):
                 build_config([*base, *s])
     # the contrasts read the runs the statements speak of
-    assert build_config([*C.CLAIM_GRIDS["claims_collapse"].sizes["cpu"],
-                         *dict(C.CLAIM_GRIDS["claims_collapse"].runs)["byol-no_predictor"]]).method["pred_layers"] == 0
+    assert build_config([*grids.CLAIM_GRIDS["claims_collapse"].sizes["cpu"],
+                         *dict(grids.CLAIM_GRIDS["claims_collapse"].runs)["byol-no_predictor"]]).method["pred_layers"] == 0
 
 
 def test_reproduce_claims_trains_what_they_need_and_writes_the_verdicts(tmp_path, monkeypatch):
@@ -254,10 +255,10 @@ def test_reproduce_claims_trains_what_they_need_and_writes_the_verdicts(tmp_path
     gain = {"good": 3.0, "same": 0.1, "base": 0.0, "spare": 9.0}
     knn = lambda name, seed: 40.0 + gain[name.rsplit("-s", 1)[0]] + 0.5 * seed  # noqa: E731
     monkeypatch.setattr(train_mod, "train", _fake_train(seen, trained, knn))
-    exp = reproduce.Experiment("toy", sizes={"cpu": TINY},
+    exp = grids.Experiment("toy", sizes={"cpu": TINY},
                                runs=[("base", ["method=simclr"]), ("good", ["method=byol"]),
                                      ("same", ["method=moco"]), ("spare", ["method=vicreg"])])
-    monkeypatch.setitem(reproduce.EXPERIMENTS, "toy_claims", exp)
+    monkeypatch.setitem(grids.EXPERIMENTS, "toy_claims", exp)
     claims = [
         C.Claim("x", "P", "good beats base", (C.Contrast("toy_claims", "good", "base", "greater", 1.0),), "fig", "T1", "n"),
         C.Claim("y", "P", "same is like base", (C.Contrast("toy_claims", "same", "base", "alike", 1.0),), "fig", "T2", "n"),
@@ -330,7 +331,7 @@ def test_the_claims_own_grid_runs_from_the_command_its_report_prints(monkeypatch
     monkeypatch.setattr(runner, "run_experiment", fake_run)
     line = C.command("claims_collapse", ["byol-no_predictor"], "cpu", 3)
     assert cli.main(line.split()[1:]) == 0
-    assert seen["exp"] is C.CLAIM_GRIDS["claims_collapse"]
+    assert seen["exp"] is grids.CLAIM_GRIDS["claims_collapse"]
     assert seen["settings"] == ["size=cpu", "seeds=3", "only=byol-no_predictor"]
     assert cli.main(["reproduce", "list"]) == 0 and "claims_collapse" in capsys.readouterr().out
     assert cli.main(["reproduce", "nope"]) != 0

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from siamgrad.experiments import grids
 from siamgrad.experiments import runner as reproduce
 from siamgrad.config import build_config
 from siamgrad.errors import ConfigError, TrainingError
@@ -28,11 +29,11 @@ def _numpy_knn(ftr, ytr, fte, yte, k, t, classes):
 
 
 def test_grid_runs_collects_and_resumes(tmp_path, monkeypatch):
-    exp = reproduce.Experiment(
+    exp = grids.Experiment(
         "toy grid", sizes={"cpu": TINY},
         runs=[("a", ["method=simclr"]), ("b", ["method=unigrad", "method.lam=2", "data.fraction=0.5"])],
         x="fraction", hue=["method"], full_train_knn=True)
-    monkeypatch.setitem(reproduce.EXPERIMENTS, "toy", exp)
+    monkeypatch.setitem(grids.EXPERIMENTS, "toy", exp)
     md = reproduce.run_experiment("toy", [], out_dir=str(tmp_path), log=False)
     text = md.read_text()
     assert "| a | simclr |" in text and "| b | unigrad |" in text and "siamgrad reproduce toy size=cpu" in text
@@ -77,9 +78,9 @@ def test_failed_run_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch):
         return train_mod.TrainResult(Path(cfg.out_dir) / cfg.run_name, 7, 41.5, 20.0, 30.0, 42.0)
 
     monkeypatch.setattr(train_mod, "train", fake_train)
-    exp = reproduce.Experiment("toy", sizes={"cpu": TINY},
+    exp = grids.Experiment("toy", sizes={"cpu": TINY},
                                runs=[("bad", ["method=simclr", "optim.lr=100"]), ("good", ["method=simclr"])])
-    monkeypatch.setitem(reproduce.EXPERIMENTS, "toy2", exp)
+    monkeypatch.setitem(grids.EXPERIMENTS, "toy2", exp)
     md = reproduce.run_experiment("toy2", [], out_dir=str(tmp_path), log=False)
     rows = list(csv.DictReader(open(md.parent / "results.csv")))
     assert calls == ["bad", "good"]
@@ -98,9 +99,9 @@ def test_only_trains_the_named_runs(tmp_path, monkeypatch):
         return train_mod.TrainResult(Path(cfg.out_dir) / cfg.run_name, 7, 41.5, 20.0, 30.0, 42.0)
 
     monkeypatch.setattr(train_mod, "train", fake_train)
-    exp = reproduce.Experiment("toy", sizes={"cpu": TINY},
+    exp = grids.Experiment("toy", sizes={"cpu": TINY},
                                runs=[("a", ["method=simclr"]), ("b", ["method=byol"]), ("c", ["method=moco"])])
-    monkeypatch.setitem(reproduce.EXPERIMENTS, "toy3", exp)
+    monkeypatch.setitem(grids.EXPERIMENTS, "toy3", exp)
     md = reproduce.run_experiment("toy3", ["only=c,a"], out_dir=str(tmp_path), log=False)
     assert calls == ["a", "c"]  # the grid's order, not the option's
     assert "siamgrad reproduce toy3 size=cpu only=c,a" in md.read_text()
@@ -122,7 +123,7 @@ def test_unknown_experiment_and_size():
 def test_every_registered_grid_builds_valid_configs():
     from siamgrad.methods.registry import resolve_options
 
-    for name, exp in reproduce.EXPERIMENTS.items():
+    for name, exp in grids.EXPERIMENTS.items():
         for size, base in exp.sizes.items():
             runs = exp.runs_for(size)
             labels = [label for label, _ in runs]
@@ -160,7 +161,7 @@ def test_columns_show_resolved_settings():
 def test_paper_grids_vary_what_the_papers_vary():
     """The grids hold the settings of the issue: forms, targets, predictors, widths, views/fractions."""
     def configs(name, size):
-        exp = reproduce.EXPERIMENTS[name]
+        exp = grids.EXPERIMENTS[name]
         return [(label, build_config([*exp.sizes[size], *s])) for label, s in exp.runs_for(size)]
 
     t1 = configs("unigrad_table1", "cpu")
@@ -193,12 +194,12 @@ def test_cpu_grids_fit_the_cpu_budget():
     evaluation."""
     from siamgrad.data.datasets import load_dataset
 
-    if not Path(reproduce.SUBSET).is_dir():
+    if not Path(grids.SUBSET).is_dir():
         pytest.skip("the shared CIFAR-10 subset is not here")
-    n = len(load_dataset("cifar10", reproduce.SUBSET, "train"))
+    n = len(load_dataset("cifar10", grids.SUBSET, "train"))
     for name in ("unigrad_table1", "unigrad_table2", "unigrad_table3", "directpred", "small_projectors",
                  "many_views"):
-        exp = reproduce.EXPERIMENTS[name]
+        exp = grids.EXPERIMENTS[name]
         total = 0.0
         for _, s in exp.runs_for("cpu"):
             cfg = build_config([*exp.sizes["cpu"], *s])
@@ -264,11 +265,11 @@ def test_gpu_subset_size_is_the_cpu_grid_with_resnet18_for_fifty_times_the_epoch
     from siamgrad.config import uses_cifar_stem
     from siamgrad.experiments import claims
 
-    grids = {**reproduce.EXPERIMENTS, **claims.CLAIM_GRIDS}
-    on_subset = [n for n, e in grids.items() if f"data.root={reproduce.SUBSET}" in e.sizes["cpu"]]
+    every = {**grids.EXPERIMENTS, **grids.CLAIM_GRIDS}
+    on_subset = [n for n, e in every.items() if f"data.root={grids.SUBSET}" in e.sizes["cpu"]]
     assert len(on_subset) >= 9 and "digits_methods" not in on_subset
     for name in on_subset:
-        exp = grids[name]
+        exp = every[name]
         cpu_runs, gpu_runs = exp.runs_for("cpu"), exp.runs_for("gpu_subset")
         assert [label for label, _ in gpu_runs] == [label for label, _ in cpu_runs], name
         for (label, c), (_, g) in zip(cpu_runs, gpu_runs):

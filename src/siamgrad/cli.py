@@ -29,7 +29,7 @@ import signal
 import sys
 from pathlib import Path
 
-from siamgrad.errors import ConfigError, SiamgradError
+from siamgrad.errors import SiamgradError
 
 EPILOG = "settings are key=value (e.g. method=byol epochs=50 optim.lr=0.1); see `siamgrad config`"
 
@@ -126,20 +126,16 @@ def _cmd_compare(args) -> int:
 def _cmd_reproduce(args) -> int:
     from siamgrad.experiments import claims, grids, runner
 
-    names = [*grids.available(), *sorted(grids.CLAIM_GRIDS)]
     if args.name in (None, "list"):
-        for name in names:
-            exp = claims.grid(name)
+        for name in grids.available():
+            exp = grids.find(name)
             print(f"{name:<18} {exp.description} (sizes: {', '.join(exp.sizes)})")
         print(f"{'claims':<18} train what the seed papers' claims need and write their verdicts (docs/claims.md)")
         return 0
     if args.name == "claims":
         print(claims.run_claims(args.settings, out_dir=args.out))
         return 0
-    if args.name not in names:
-        raise ConfigError(f"unknown experiment '{args.name}'; choose one of: {', '.join(names)}, claims")
-    exp = grids.CLAIM_GRIDS.get(args.name)  # the claims' own grids run like the papers' grids
-    print(runner.run_experiment(args.name, args.settings, out_dir=args.out, exp=exp))
+    print(runner.run_experiment(args.name, args.settings, out_dir=args.out, exp=grids.find(args.name)))
     return 0
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from siamgrad.checkpoint import atomic_write_text
 from siamgrad.errors import ConfigError
 from siamgrad.experiments import runner
-from siamgrad.experiments.grids import CLAIM_GRIDS, EXPERIMENTS, Experiment
+from siamgrad.experiments.grids import find
 from siamgrad.experiments.stats import Interval, mean_interval
 
 KINDS = ("alike", "greater", "at_most", "at_least")
@@ -319,14 +319,6 @@ def claim_runs(claims: list[Claim]) -> dict[str, list[str]]:
     return need
 
 
-def grid(name: str) -> Experiment:
-    if name in CLAIM_GRIDS:
-        return CLAIM_GRIDS[name]
-    if name in EXPERIMENTS:
-        return EXPERIMENTS[name]
-    raise ConfigError(f"claims name the grid '{name}', which neither EXPERIMENTS nor CLAIM_GRIDS has")
-
-
 # --------------------------------------------------------------------------------------------
 # results and the report
 
@@ -355,11 +347,11 @@ def load_results(out_dir: str | Path, size: str, grids: list[str]) -> Results:
             if not folder.is_dir():  # seed 0 reused from a run trained before seeds=
                 folder = root / row["run"]
             if (folder / "metrics.jsonl").is_file():
-                aligns = [r["diag/pred_align"] for r in read_metrics(folder)
-                          if isinstance(r.get("diag/pred_align"), (int, float))]
+                records = read_metrics(folder)
+                aligns = [r["diag/pred_align"] for r in records if isinstance(r.get("diag/pred_align"), (int, float))]
                 if aligns:
                     row["pred_align"] = aligns[-1]
-                row["knn_curve"] = [(r["train_seconds"] / 60, r["knn_acc"]) for r in read_metrics(folder)
+                row["knn_curve"] = [(r["train_seconds"] / 60, r["knn_acc"]) for r in records
                                     if "knn_acc" in r and "train_seconds" in r]
             res.setdefault((g, row["run"]), {})[seed] = row
     return res
@@ -402,7 +394,7 @@ def run_claims(settings: list[str] | None = None, out_dir: str = "runs/reproduce
     size, seeds, train, doc, rest = _split(list(settings or []))
     need = claim_runs(claims)
     for g, labels in need.items():
-        exp = grid(g)
+        exp = find(g)
         if size not in exp.sizes:
             raise ConfigError(f"size={size} is not valid for the claims' grid '{g}'; "
                               f"choose one of: {', '.join(exp.sizes)}")

@@ -224,6 +224,9 @@ _SMALL_PROJ_CPU: Runs = [
     *[(f"vicreg-d{d}-cov{w:g}", [*_VICREG_CPU, *_width(d), f"method.cov_weight={w}"])
       for d in (32, 128, 512) for w in (1.0, 12.5, 50.0)],
 ]
+# arXiv 2312.10725's setups (CIFAR-stem ResNet-50, AdamW) on CIFAR-10 and on STL-10
+_SMALL_PROJ_PAPER_SIZES = {"paper": ["preset=cifar10_resnet50_small_proj", *_PAPER],
+                           "paper_stl10": ["preset=stl10_resnet50_small_proj", *_PAPER]}
 # Paper: the widths of arXiv 2312.10725 with the default weight vs the width-scaled one.
 _SMALL_PROJ_PAPER: Runs = [
     *[(f"{tag}-d{d}-{'scaled' if s else 'default'}", [f"method={m}", *_width(d), f"method.width_scaled={str(s).lower()}"])
@@ -352,9 +355,7 @@ EXPERIMENTS: dict[str, Experiment] = {
     ),
     "small_projectors": Experiment(
         "arXiv 2312.10725: projector width x off-diagonal weight (Barlow Twins lambd, VICReg cov_weight)",
-        sizes={"cpu": [*_CPU, "epochs=3"],
-               "paper": ["preset=cifar10_resnet50_small_proj", *_PAPER],
-               "paper_stl10": ["preset=stl10_resnet50_small_proj", *_PAPER]},
+        sizes={"cpu": [*_CPU, "epochs=3"], **_SMALL_PROJ_PAPER_SIZES},
         runs={"cpu": _baseline_once(_SMALL_PROJ_CPU), "paper": _SMALL_PROJ_PAPER, "paper_stl10": _SMALL_PROJ_PAPER},
         columns=["method.proj_output_dim", "method.lambd", "method.l2", "method.cov_weight", "method.width_scaled"],
         x="proj_output_dim",
@@ -378,9 +379,7 @@ EXPERIMENTS: dict[str, Experiment] = {
     ),
     "many_views": Experiment(
         "arXiv 2312.10725: M views per image at equal epochs, on 100/50/25% of the training data",
-        sizes={"cpu": [*_CPU, "epochs=5"],
-               "paper": ["preset=cifar10_resnet50_small_proj", *_PAPER],
-               "paper_stl10": ["preset=stl10_resnet50_small_proj", *_PAPER]},
+        sizes={"cpu": [*_CPU, "epochs=5"], **_SMALL_PROJ_PAPER_SIZES},
         runs={"cpu": _baseline_once(_views(_VIEWS_CPU, _VIEW_METHODS_CPU)), "paper": _views(_VIEWS_PAPER, _VIEW_METHODS),
               "paper_stl10": _views(_VIEWS_PAPER, _VIEW_METHODS)},
         columns=["augment.n_views", "data.fraction"],
@@ -411,19 +410,10 @@ def with_gpu_subset(exp: Experiment) -> Experiment:
     return exp
 
 
-for _exp in EXPERIMENTS.values():
-    if f"data.root={SUBSET}" in _exp.sizes.get("cpu", []):
-        with_gpu_subset(_exp)
-
-
-def available() -> list[str]:
-    return sorted(EXPERIMENTS)
-
-
 CLAIM_GRIDS: dict[str, Experiment] = {
     "claims_collapse": Experiment(
         "BYOL and SimSiam without a predictor (DirectPred's collapse claim), 4 epochs as the directpred grid",
-        sizes={"cpu": [*_CPU, "epochs=4"], "paper": ["preset=stl10_resnet18", "eval.every=10", "diag.collapse=warn"]},
+        sizes={"cpu": [*_CPU, "epochs=4"], "paper": ["preset=stl10_resnet18", *_PAPER]},
         runs=[("byol-no_predictor", ["method=byol", "method.pred_layers=0", "method.momentum=0.99"]),
               ("simsiam-no_predictor", ["method=simsiam", "method.pred_layers=0"])],
         columns=["method.pred_layers"],
@@ -432,7 +422,7 @@ CLAIM_GRIDS: dict[str, Experiment] = {
         "arXiv 2312.10725's recommended setting against the usual one, timed: VICReg with a 128-d projector "
         "(its width's covariance weight) and 4 views vs a 512-d projector and 2 views, kNN after every epoch",
         sizes={"cpu": [*_CPU, "epochs=5", "eval.every=1"],
-               "paper": ["preset=cifar10_resnet50_small_proj", "eval.every=10", "diag.collapse=warn"]},
+               "paper": ["preset=cifar10_resnet50_small_proj", *_PAPER]},
         runs={"cpu": [("vicreg-d512-M2", [*_VICREG_CPU, *_width(512), "method.cov_weight=12.5"]),
                       ("vicreg-d128-M4", [*_VICREG_CPU, *_width(128), "method.cov_weight=50", "augment.n_views=4"])],
               "paper": [("vicreg-d8192-M2", ["method=vicreg", *_width(8192)]),
@@ -441,5 +431,20 @@ CLAIM_GRIDS: dict[str, Experiment] = {
         columns=["method.proj_output_dim", "augment.n_views"],
     ),
 }
-for _grid in CLAIM_GRIDS.values():
-    with_gpu_subset(_grid)
+
+for _exp in [*EXPERIMENTS.values(), *CLAIM_GRIDS.values()]:
+    if f"data.root={SUBSET}" in _exp.sizes.get("cpu", []):
+        with_gpu_subset(_exp)
+
+
+def available() -> list[str]:
+    """Every grid's name: the papers' grids, then the claims' own."""
+    return [*sorted(EXPERIMENTS), *sorted(CLAIM_GRIDS)]
+
+
+def find(name: str) -> Experiment:
+    """The grid called ``name``, in :data:`EXPERIMENTS` or :data:`CLAIM_GRIDS`."""
+    exp = EXPERIMENTS.get(name) or CLAIM_GRIDS.get(name)
+    if exp is None:
+        raise ConfigError(f"unknown experiment '{name}'; choose one of: {', '.join(available())}, claims")
+    return exp

@@ -46,7 +46,7 @@ from typing import Any
 
 from siamgrad.checkpoint import atomic_write_bytes, atomic_write_text
 from siamgrad.errors import ConfigError, TrainingError
-from siamgrad.experiments.grids import EXPERIMENTS, SUBSET, Experiment, available
+from siamgrad.experiments.grids import Experiment, find
 from siamgrad.experiments.stats import mean_interval
 
 # --------------------------------------------------------------------------------------------
@@ -223,16 +223,14 @@ def run_experiment(name: str, settings: list[str] | None = None, out_dir: str = 
     """Run (or continue) the grid ``name``; return the path of its ``results.md``.
 
     ``settings``: ``size=...``, ``only=...``, ``seeds=K`` and ``key=value`` settings applied to every
-    run after the grid's own. ``exp``: a grid that is not in :data:`EXPERIMENTS` (e.g. one of the
-    claims' own grids), run under ``name``.
+    run after the grid's own. ``exp``: the grid to run under ``name`` (default: the grid called
+    ``name``, :func:`~siamgrad.experiments.grids.find`).
     """
     from siamgrad.config import build_config
     from siamgrad.train.loop import train
 
     if exp is None:
-        if name not in EXPERIMENTS:
-            raise ConfigError(f"unknown experiment '{name}'; choose one of: {', '.join(available())}")
-        exp = EXPERIMENTS[name]
+        exp = find(name)
     size, extra = _split_size(list(settings or []))
     seeds, rest = _split_seeds(extra)
     only, run_extra = _split_only(rest)  # extra keeps only= and seeds= for the command shown in results.md
