@@ -193,6 +193,36 @@ def test_verdict_follows_from_the_interval_and_the_tolerance():
     assert C.combine([C.HOLDS, C.NOT_MEASURED]) == C.NOT_MEASURED and C.combine([]) == C.NOT_MEASURED
 
 
+def test_seeds_to_settle_an_inconclusive_contrast_match_scipy():
+    """The seed count whose t half-width first falls below the distance from the mean to the
+    tolerance it straddles, checked against SciPy's t quantiles at n and n - 1."""
+    scipy_stats = pytest.importorskip("scipy.stats")
+
+    def half(sd, n):
+        return scipy_stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+
+    for sd, margin in ((1.0, 0.5), (2.4, 0.3), (0.7, 2.0), (3.0, 0.3)):
+        n = stats.seeds_for_margin(sd, margin)
+        assert n is not None and half(sd, n) < margin and (n == 2 or half(sd, n - 1) >= margin)
+    assert stats.seeds_for_margin(5.0, 0.01) is None and stats.seeds_for_margin(1.0, 0.0) is None
+    # alike, tol 1: mean 0.4 straddling 1 (interval [-0.6, 1.4]) needs a half-width under 0.6
+    res = _results({"a": [0.4 + d for d in (-1.0, 0.0, 1.0)], "b": [0.0, 0.0, 0.0]})
+    r = C.evaluate_contrast(C.Contrast("g", "a", "b", "alike", 1.0), res)
+    assert r.verdict == C.INCONCLUSIVE and C.seeds_to_settle(r) == stats.seeds_for_margin(1.0, 0.6)
+    # greater than 0 with mean -0.2: the margin is 0.2
+    res = _results({"a": [-0.2 + d for d in (-1.0, 0.0, 1.0)], "b": [0.0, 0.0, 0.0]})
+    r = C.evaluate_contrast(C.Contrast("g", "a", "b", "greater", 0.0), res)
+    assert C.seeds_to_settle(r) == stats.seeds_for_margin(1.0, 0.2)
+    # a ratio against 1 on the log scale: per-seed log ratios log 2 + (-0.5, 0, 0.5)
+    res = _results({"a": [2 * math.exp(d) for d in (-0.5, 0.0, 0.5)], "b": [1.0, 1.0, 1.0]})
+    r = C.evaluate_contrast(C.Contrast("g", "a", "b", "greater", 1.0, ratio=True), res)
+    assert r.verdict == C.INCONCLUSIVE
+    assert C.seeds_to_settle(r) == stats.seeds_for_margin(0.5, math.log(2))
+    with pytest.raises(ConfigError, match="inconclusive"):
+        held = _results({"a": [5.0, 5.1, 4.9], "b": [0.0, 0.0, 0.0]})
+        C.seeds_to_settle(C.evaluate_contrast(C.Contrast("g", "a", "b", "greater", 0.0), held))
+
+
 def _results(values):
     """(grid, run) -> {seed: row} from {run: [value per seed]} in grid 'g'."""
     return {("g", run): {k: {"knn_top1": str(x)} for k, x in enumerate(xs)} for run, xs in values.items()}

@@ -36,8 +36,8 @@ from pathlib import Path
 from siamgrad.checkpoint import atomic_write_text
 from siamgrad.errors import ConfigError
 from siamgrad.experiments import runner
-from siamgrad.experiments.grids import find
-from siamgrad.experiments.stats import Interval, mean_interval
+from siamgrad.experiments.grids import GPU_SUBSET_EPOCHS, find
+from siamgrad.experiments.stats import Interval, mean_interval, seeds_for_margin
 
 KINDS = ("alike", "greater", "at_most", "at_least")
 MIN_SEEDS = 3  # a verdict needs at least this many paired seeds
@@ -181,6 +181,22 @@ def evaluate_contrast(c: Contrast, results: Results, min_seeds: int = MIN_SEEDS)
         iv = Interval(math.exp(iv.mean), math.exp(iv.low), math.exp(iv.high), iv.n, iv.sd, iv.level)
     seeds = [s for s, _ in pairs]
     return ContrastResult(c, iv, seeds, verdict(c.kind, iv, c.tol) if len(seeds) >= min_seeds else NOT_MEASURED)
+
+
+def seeds_to_settle(r: ContrastResult) -> int | None:
+    """For an inconclusive contrast: about how many seeds would give an interval clear of the
+    tolerance it straddles, if the mean and the seed-to-seed spread stay as measured (``None``: more
+    than a thousand, the mean sits on the tolerance)."""
+    c, iv = r.contrast, r.interval
+    if r.verdict != INCONCLUSIVE or iv is None:
+        raise ConfigError("seeds_to_settle reads an inconclusive contrast with an interval")
+    log = math.log if c.ratio else (lambda x: x)  # a ratio's interval is on the log scale
+    m, tol = log(iv.mean), log(c.tol) if c.ratio else c.tol
+    if c.kind == "alike":
+        margin = min(tol - m, m + tol) if -tol <= m <= tol else abs(m) - tol
+    else:
+        margin = abs(m - tol)
+    return seeds_for_margin(iv.sd, margin, iv.level)
 
 
 def evaluate(claims: list[Claim], results: Results, min_seeds: int = MIN_SEEDS) -> list[ClaimResult]:
@@ -426,6 +442,15 @@ def _fmt_iv(c: ContrastResult) -> str:
     return f"{iv.mean:{sign}.2f} [{iv.low:{sign}.2f}, {iv.high:{sign}.2f}] (n={iv.n})"
 
 
+def _settle(c: ContrastResult) -> str:
+    if c.verdict != INCONCLUSIVE:
+        return ""
+    n = seeds_to_settle(c)
+    if n is None:
+        return " (no seed count settles it at this spread: the mean sits on the tolerance)"
+    return f" (at this mean and spread about {n} seeds would settle it)"
+
+
 def _shown(v: str, need: int) -> str:
     return f"not yet measured at {need} seeds" if v == NOT_MEASURED else v
 
@@ -479,7 +504,11 @@ def report(evaluated: list[ClaimResult], size: str, seeds: int, need: dict[str, 
                   f"Reading at this size: {cl.note}.", "",
                   f"Verdict: **{_shown(r.verdict, want)}**.", ""]
         for c in r.contrasts:
-            lines.append(f"* {c.contrast.describe()}: {_fmt_iv(c)} -> {_shown(c.verdict, want)}")
+            lines.append(f"* {c.contrast.describe()}: {_fmt_iv(c)} -> {_shown(c.verdict, want)}{_settle(c)}")
+        if size == "cpu" and r.verdict in (FAILS, INCONCLUSIVE):
+            lines += ["", "The same claim on a longer schedule: `siamgrad reproduce claims size=gpu_subset "
+                      f"seeds={seeds}` (a CIFAR-stem ResNet-18 for {GPU_SUBSET_EPOCHS} times the epochs, "
+                      "docs/claims_gpu_subset.md)."]
         grids = cl.grids()
         if grids:
             lines += ["", "Command:", "", "```"]

@@ -115,3 +115,16 @@ def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.9
     if len(a) != len(b):
         raise ConfigError(f"paired difference of {len(a)} and {len(b)} values; give both runs the same seeds")
     return mean_interval([x - y for x, y in zip(a, b)], level)
+
+
+def seeds_for_margin(sd: float, margin: float, level: float = 0.95, most: int = 1000) -> int | None:
+    """The fewest seeds ``n >= 2`` whose interval half-width ``t_{n-1} * sd / sqrt(n)`` is below
+    ``margin``, if the seed-to-seed spread stays ``sd``; ``None`` above ``most`` (or for ``margin <= 0``)."""
+    if not math.isfinite(sd) or sd < 0:
+        raise ConfigError(f"a spread of {sd} cannot size a seed count; give the sd of at least 2 seeds")
+    if margin <= 0:
+        return None
+    for n in range(2, most + 1):
+        if t_quantile(level, n - 1) * sd / math.sqrt(n) < margin:
+            return n
+    return None
