@@ -62,7 +62,9 @@ import torch
 from torch import nn
 
 from siamgrad import cpu
-from siamgrad.augment.multiview import ViewRecipe, blur_kernel_size, build_augment
+from siamgrad.augment.multiview import build_augment
+from siamgrad.augment.ops import blur_kernel_size
+from siamgrad.augment.recipes import ViewRecipe
 from siamgrad.data import ImageDataset, channel_stats, load_dataset
 from siamgrad.methods.registry import build as build_method
 from siamgrad.models.backbones import build_backbone

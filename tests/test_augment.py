@@ -1,4 +1,4 @@
-"""Tests of siamgrad.augment.multiview: batched per-sample augmentations.
+"""Tests of siamgrad.augment: batched per-sample augmentations.
 
 Every number is checked against an independent computation: torchvision's functional ops and
 ``RandomResizedCrop.get_params`` applied image by image, numpy re-derivations, or rates that
@@ -19,16 +19,11 @@ import torch.nn.functional as F
 from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms.v2 import functional as TF
 
-from siamgrad.augment import multiview as augment
-from siamgrad.augment.multiview import (
-    PRESETS,
-    MultiViewAugment,
-    ViewParams,
-    ViewRecipe,
-    blur_kernel_size,
-    build_augment,
-    normalize_only,
-)
+from siamgrad.augment import ops, recipes
+from siamgrad.augment.multiview import MultiViewAugment, build_augment, normalize_only
+from siamgrad.augment.ops import blur_kernel_size
+from siamgrad.augment.recipes import PRESETS, ViewRecipe
+from siamgrad.augment.sampling import ViewParams
 from siamgrad.errors import ConfigError, DataError
 
 TV_LUMA = (0.2989, 0.587, 0.114)  # the red weight torchvision's tensor ops use
@@ -37,7 +32,7 @@ TV_LUMA = (0.2989, 0.587, 0.114)  # the red weight torchvision's tensor ops use
 @pytest.fixture
 def tv_luma(monkeypatch: pytest.MonkeyPatch) -> None:
     """Use torchvision's luma weights, so that ops built on grayscale compare exactly."""
-    monkeypatch.setattr(augment, "LUMA_WEIGHTS", TV_LUMA)
+    monkeypatch.setattr(ops, "LUMA_WEIGHTS", TV_LUMA)
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -302,10 +297,10 @@ def _float_images(n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
 @pytest.mark.parametrize(
     "ours, theirs, lo, hi, atol",
     [
-        (augment.adjust_brightness, TF.adjust_brightness, 0.0, 2.0, 1e-6),
-        (augment.adjust_contrast, TF.adjust_contrast, 0.0, 2.0, 2e-6),
-        (augment.adjust_saturation, TF.adjust_saturation, 0.0, 2.0, 2e-6),
-        (augment.adjust_hue, TF.adjust_hue, -0.5, 0.5, 5e-6),
+        (ops.adjust_brightness, TF.adjust_brightness, 0.0, 2.0, 1e-6),
+        (ops.adjust_contrast, TF.adjust_contrast, 0.0, 2.0, 2e-6),
+        (ops.adjust_saturation, TF.adjust_saturation, 0.0, 2.0, 2e-6),
+        (ops.adjust_hue, TF.adjust_hue, -0.5, 0.5, 5e-6),
     ],
 )
 def test_color_ops_match_torchvision(ours, theirs, lo, hi, atol) -> None:
@@ -322,20 +317,20 @@ def test_grayscale_uses_itu_luma_and_matches_torchvision_up_to_its_red_weight(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     x = _float_images(5, 4, 6)
-    gray = augment.rgb_to_gray(x)
+    gray = ops.rgb_to_gray(x)
     xn = x.double().numpy()
     expected = 0.299 * xn[:, 0] + 0.587 * xn[:, 1] + 0.114 * xn[:, 2]
     np.testing.assert_allclose(gray[:, 0].numpy(), expected, atol=1e-6)
-    monkeypatch.setattr(augment, "LUMA_WEIGHTS", TV_LUMA)
+    monkeypatch.setattr(ops, "LUMA_WEIGHTS", TV_LUMA)
     ref = torch.stack([TF.rgb_to_grayscale(x[i], num_output_channels=1) for i in range(5)])
-    torch.testing.assert_close(augment.rgb_to_gray(x), ref, atol=1e-6, rtol=0)
+    torch.testing.assert_close(ops.rgb_to_gray(x), ref, atol=1e-6, rtol=0)
 
 
 def test_solarize_matches_torchvision() -> None:
     x = _float_images(6, 5, 5)
     x[:, :, 0, 0] = 0.4  # exactly at the threshold: inverted
     mask = torch.tensor([True, False, True, True, False, True])
-    got = augment.solarize(x, mask, 0.4)
+    got = ops.solarize(x, mask, 0.4)
     ref = torch.stack([TF.solarize(x[i], 0.4) if mask[i] else x[i] for i in range(6)])
     torch.testing.assert_close(got, ref, atol=0, rtol=0)
 
@@ -345,7 +340,7 @@ def test_solarize_matches_torchvision() -> None:
 def test_gaussian_blur_matches_torchvision(method: str, k: int) -> None:
     x = _float_images(6, 11, 13)
     sigma = 0.1 + 2.5 * torch.rand(6, generator=_gen(2))
-    got = augment.gaussian_blur(x, sigma, k, method=method)
+    got = ops.gaussian_blur(x, sigma, k, method=method)
     ref = torch.stack([TF.gaussian_blur(x[i], [k, k], [float(sigma[i])] * 2) for i in range(6)])
     torch.testing.assert_close(got, ref, atol=2e-6, rtol=0)
 
@@ -355,19 +350,19 @@ def test_gaussian_blur_kernels_closed_form() -> None:
     d = np.arange(5) - 2.0
     for i, s in enumerate(sigma.tolist()):
         g = np.exp(-(d**2) / (2 * s * s))
-        np.testing.assert_allclose(augment.gaussian_kernels(sigma, 5)[i].numpy(), g / g.sum(), atol=1e-7)
+        np.testing.assert_allclose(ops.gaussian_kernels(sigma, 5)[i].numpy(), g / g.sum(), atol=1e-7)
 
 
 def test_flip_matches_torchvision() -> None:
     x = _float_images(4, 6, 8)
     full = lambda v: torch.full((4,), v, dtype=torch.long)  # noqa: E731
     flip = torch.tensor([True, False, True, False])
-    got = augment.resized_crop(x, full(0), full(0), full(6), full(8), 6, flip)  # 6x8 -> 6x6
+    got = ops.resized_crop(x, full(0), full(0), full(6), full(8), 6, flip)  # 6x8 -> 6x6
     ref = torch.stack([TF.resize(x[i], [6, 6], antialias=True) for i in range(4)])
     ref = torch.stack([TF.horizontal_flip(ref[i]) if flip[i] else ref[i] for i in range(4)])
     torch.testing.assert_close(got, ref, atol=1e-6, rtol=0)
     square = _float_images(4, 7, 7)
-    same = augment.resized_crop(square, full(0), full(0), full(7), full(7), 7, flip)
+    same = ops.resized_crop(square, full(0), full(0), full(7), full(7), 7, flip)
     expected = torch.where(flip.view(4, 1, 1, 1), square.flip(-1), square)
     torch.testing.assert_close(same, expected, atol=1e-6, rtol=0)  # identity resample, flipped
 
@@ -381,7 +376,7 @@ def test_resized_crop_matches_torchvision(size: int) -> None:
     w = torch.randint(1, 25, (n,), generator=g)
     top = (torch.rand(n, generator=g) * (21 - h)).long()
     left = (torch.rand(n, generator=g) * (25 - w)).long()
-    got = augment.resized_crop(x, top, left, h, w, size)
+    got = ops.resized_crop(x, top, left, h, w, size)
     boxes = [(int(top[i]), int(left[i]), int(h[i]), int(w[i])) for i in range(n)]
     ref = torch.stack([TF.resized_crop(x[i], *boxes[i], [size, size], antialias=True) for i in range(n)])
     torch.testing.assert_close(got, ref, atol=2e-6, rtol=0)
@@ -391,10 +386,10 @@ def test_full_box_reproduces_resize() -> None:
     x = _float_images(4, 8, 8)
     full = torch.full((4,), 8, dtype=torch.long)
     zero = torch.zeros(4, dtype=torch.long)
-    up = augment.resized_crop(x, zero, zero, full, full, 20)
+    up = ops.resized_crop(x, zero, zero, full, full, 20)
     bilinear = F.interpolate(x, size=(20, 20), mode="bilinear", align_corners=False)
     torch.testing.assert_close(up, bilinear, atol=1e-6, rtol=0)
-    down = augment.resized_crop(x, zero, zero, full, full, 4)
+    down = ops.resized_crop(x, zero, zero, full, full, 4)
     aa = F.interpolate(x, size=(4, 4), mode="bilinear", align_corners=False, antialias=True)
     torch.testing.assert_close(down, aa, atol=1e-6, rtol=0)
     # 2x down: weights (1, 3, 3, 1) / 8 on pixels 2o-1 .. 2o+2, renormalized at the border
@@ -406,7 +401,7 @@ def test_full_box_reproduces_resize() -> None:
                 taps[o, 2 * o + d] = wgt
     taps /= taps.sum(1, keepdims=True)
     np.testing.assert_allclose(down.numpy(), np.einsum("oh,nchw,pw->ncop", taps, xn, taps), atol=1e-6)
-    same = augment.resized_crop(x, zero, zero, full, full, 8)
+    same = ops.resized_crop(x, zero, zero, full, full, 8)
     torch.testing.assert_close(same, x, atol=1e-6, rtol=0)
 
 
@@ -417,11 +412,11 @@ def test_crop_box_lands_the_pattern() -> None:
     x[1, :, 0:8, 12:20] = pattern
     top, left = torch.tensor([5, 0]), torch.tensor([9, 12])
     side = torch.tensor([8, 8])
-    got = augment.resized_crop(x, top, left, side, side, 8)
+    got = ops.resized_crop(x, top, left, side, side, 8)
     torch.testing.assert_close(got, pattern.expand(2, 3, 8, 8), atol=1e-6, rtol=0)
-    flipped = augment.resized_crop(x, top, left, side, side, 8, flip=torch.tensor([True, False]))
+    flipped = ops.resized_crop(x, top, left, side, side, 8, flip=torch.tensor([True, False]))
     torch.testing.assert_close(flipped[0], pattern.flip(-1).expand(3, 8, 8), atol=1e-6, rtol=0)
-    up = augment.resized_crop(x, top, left, side, side, 16)
+    up = ops.resized_crop(x, top, left, side, side, 16)
     ref = F.interpolate(pattern.view(1, 1, 8, 8), size=16, mode="bilinear", align_corners=False)
     torch.testing.assert_close(up, ref.expand(2, 3, 16, 16), atol=1e-6, rtol=0)
 
@@ -507,7 +502,7 @@ def test_presets_follow_their_recipes() -> None:
     assert (digits.scale, digits.flip_p, digits.gray_p, digits.blur_p) == ((0.4, 1.0), 0.0, 0.0, 0.0)
     assert (digits.brightness, digits.contrast, digits.saturation, digits.hue) == (0.4, 0.4, 0.0, 0.0)
     none = PRESETS["none"][0]
-    assert none.scale == (1.0, 1.0) and all(getattr(none, f) == 0 for f in augment._PROB_FIELDS)
+    assert none.scale == (1.0, 1.0) and all(getattr(none, f) == 0 for f in recipes._PROB_FIELDS)
     # "none" on square images is a plain resize
     x = _images(4, 12, 12)
     views = build_augment("none", 6)(x, generator=_gen(0))

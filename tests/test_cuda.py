@@ -25,7 +25,8 @@ import pytest
 import torch
 
 from siamgrad import distributed as D
-from siamgrad.augment.multiview import RaggedImages, build_augment
+from siamgrad.augment.multiview import build_augment
+from siamgrad.augment.ragged import RaggedImages
 from siamgrad.methods import registry
 from siamgrad.models.backbones import build_backbone
 

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from siamgrad import methods
-from siamgrad.augment.multiview import RaggedImages, build_augment
+from siamgrad.augment.multiview import build_augment
+from siamgrad.augment.ragged import RaggedImages
 from siamgrad.config import build_config, resolve
 from siamgrad.core.gradient import ordered_pairs, view_pairs
 from siamgrad.errors import ConfigError, SiamgradError

@@ -239,7 +239,7 @@ def test_benchmark_peer_pipeline_applies_the_recipe():
     normalized -- re-derived in numpy."""
     import dataclasses
 
-    from siamgrad.augment.multiview import PRESETS
+    from siamgrad.augment.recipes import PRESETS
     from siamgrad.data.in_memory import ImageDataset
 
     bench = _bench("bench_throughput")

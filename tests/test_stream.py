@@ -24,7 +24,9 @@ from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms.v2 import functional as TF
 
 from siamgrad import checkpoint as ck
-from siamgrad.augment.multiview import MultiViewAugment, RaggedImages, ViewRecipe, build_augment
+from siamgrad.augment.multiview import build_augment, MultiViewAugment
+from siamgrad.augment.ragged import RaggedImages
+from siamgrad.augment.recipes import ViewRecipe
 from siamgrad.config import build_config
 from siamgrad.errors import DataError
 from siamgrad.data.bad_images import BadImageCounter, UnreadableImageWarning

@@ -29,7 +29,7 @@ taken by the next good image of the same batch (batches keep their size, which t
 need across processes), and :class:`~siamgrad.data.bad_images.BadImageCounter` names it and
 stops once the unreadable share exceeds ``max_bad_fraction``.
 
-The batches are :class:`~siamgrad.augment.multiview.RaggedImages` (padded, with per-image
+The batches are :class:`~siamgrad.augment.ragged.RaggedImages` (padded, with per-image
 sizes) on the training device; :class:`~siamgrad.augment.multiview.MultiViewAugment` crops each
 straight to the output size in one batched resampling per view.
 """
@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from siamgrad.augment.multiview import RaggedImages
+from siamgrad.augment.ragged import RaggedImages
 from siamgrad.data.bad_images import DEFAULT_MAX_BAD_FRACTION, BadImageCounter
 from siamgrad.data.decode import JPEG_MAGIC, cap_side, decode_image_bytes, decode_jpegs_on_device, one_line
 from siamgrad.data.in_memory import ImageDataset, load_in_memory, stratified_sample

@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from siamgrad.augment.multiview import PRESETS, MultiViewAugment, normalize_only
+from siamgrad.augment.multiview import MultiViewAugment, normalize_only
+
+from siamgrad.augment.recipes import PRESETS
 from siamgrad.data.in_memory import ImageDataset
 from siamgrad.data.seeding import epoch_generator, step_generator
 
