@@ -15,6 +15,7 @@ import yaml
 from PIL import Image
 
 from siamgrad.report import html as report
+from siamgrad.report import plots, rundata
 from siamgrad.errors import SiamgradError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -129,8 +130,8 @@ def test_analyze_healthy_run_writes_all_plots_and_embeds_them(runs):
 
 def test_analyze_collapsing_run_reports_the_collapse(runs):
     page = report.analyze_run(runs["collapsing"]).read_text()
-    run = report.load_run(runs["collapsing"])
-    events = report.collapse_events(run)
+    run = rundata.load_run(runs["collapsing"])
+    events = rundata.collapse_events(run)
     # independent replay: rank < 0.05 * 32 = 1.6 for 3 consecutive checks
     ranks = [(r["step"], r["diag/eff_rank"]) for r in run.records if "diag/eff_rank" in r]
     below = [s for s, v in ranks if v < 0.05 * 32]
@@ -140,7 +141,7 @@ def test_analyze_collapsing_run_reports_the_collapse(runs):
     assert events[0]["first_step"] == first_flag and events[0]["last_step"] == ranks[-1][0]
     assert "dimensional collapse" in page
     # no results.json: numbers come from the records
-    summary = report.run_summary(run)
+    summary = rundata.run_summary(run)
     knn = [r["knn_acc"] for r in run.records if "knn_acc" in r]
     assert summary["final_knn"] == pytest.approx(knn[-1]) and summary["best_knn"] == pytest.approx(max(knn))
     assert summary["random_knn"] == 21.25
@@ -191,7 +192,7 @@ def test_logged_collapse_messages_form_episodes(tmp_path):
         {"step": 50, "diag/std_mean": 0.0, "diag/collapse": "complete collapse at step 50: ..."},
     ]
     (d / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
-    events = report.collapse_events(report.load_run(d))
+    events = rundata.collapse_events(rundata.load_run(d))
     assert [(e["kind"], e["first_step"], e["last_step"]) for e in events] == [
         ("dimensional", 20, 30), ("complete", 50, 50)]
 
@@ -203,7 +204,7 @@ def test_compare_two_runs(runs, tmp_path):
     for n in ("compare_loss.png", "compare_knn.png", "compare_rank.png"):
         check_png(out / n)
     # diagnostic records carry no epoch: they are placed at step / steps_per_epoch (20 here)
-    xs, _ = report.load_run(runs["healthy"]).series("diag/eff_rank", x="epoch")
+    xs, _ = rundata.load_run(runs["healthy"]).series("diag/eff_rank", x="epoch")
     assert xs == [s / 20 for s in range(20, 201, 20)]
     page = page_path.read_text()
     assert len(embedded_images(page)) == 4  # loss, kNN, rank and the embeddings side by side
@@ -229,22 +230,22 @@ def test_compare_two_runs(runs, tmp_path):
 def test_rank_threshold_and_collapse_replay_follow_the_runs_dim_rank_frac(tmp_path):
     for frac in (0.05, 0.1):
         d = write_run(tmp_path, f"c{frac}", method="simsiam", collapse=True, results=False, dim_rank_frac=frac)
-        run = report.load_run(d)
+        run = rundata.load_run(d)
         ranks = [(r["step"], r["diag/eff_rank"]) for r in run.records if "diag/eff_rank" in r]
         below = [s for s, v in ranks if v < frac * 32]
-        assert report.collapse_events(run)[0]["first_step"] == below[2]
-        fig = report.plot_rank(run, None)
+        assert rundata.collapse_events(run)[0]["first_step"] == below[2]
+        fig = plots.plot_rank(run, None)
         thresholds = [ln for ln in fig.axes[0].get_lines() if "threshold" in str(ln.get_label())]
         assert len(thresholds) == 1 and thresholds[0].get_ydata()[0] == pytest.approx(frac * 32)
         assert f"diag.dim_rank_frac {frac:g}" in thresholds[0].get_label()
     # the two thresholds flag the collapse at different steps: the figure really follows the config
-    e05 = report.collapse_events(report.load_run(tmp_path / "c0.05"))[0]["first_step"]
-    e10 = report.collapse_events(report.load_run(tmp_path / "c0.1"))[0]["first_step"]
+    e05 = rundata.collapse_events(rundata.load_run(tmp_path / "c0.05"))[0]["first_step"]
+    e10 = rundata.collapse_events(rundata.load_run(tmp_path / "c0.1"))[0]["first_step"]
     assert e10 < e05
 
 
 def test_loss_panel_is_solid_and_the_lr_gets_a_short_panel_of_its_own(runs, tmp_path):
-    fig = report.plot_loss(report.load_run(runs["healthy"]), None)
+    fig = plots.plot_loss(rundata.load_run(runs["healthy"]), None)
     loss_ax, lr_ax = fig.axes
     assert lr_ax.get_position().height < 0.4 * loss_ax.get_position().height
     assert [ln.get_label() for ln in lr_ax.get_lines()] and not any("lr" in str(ln.get_label()) for ln in loss_ax.get_lines())
@@ -252,7 +253,7 @@ def test_loss_panel_is_solid_and_the_lr_gets_a_short_panel_of_its_own(runs, tmp_
     assert ema and (ema[0].get_alpha() in (None, 1.0)) and ema[0].get_linewidth() >= 2
     # a short run (few records, no moving average): the loss itself is drawn solid
     d = write_run(tmp_path, "short", method="unigrad", collapse=False, steps=20, steps_per_epoch=20)
-    (line,) = report.plot_loss(report.load_run(d), None).axes[0].get_lines()
+    (line,) = plots.plot_loss(rundata.load_run(d), None).axes[0].get_lines()
     assert line.get_alpha() in (None, 1.0) and line.get_linewidth() >= 2
 
 
@@ -262,14 +263,14 @@ def _texts(ax) -> str:
 
 def test_gradient_panels_say_exact_when_the_method_is_its_unified_form(tmp_path, runs):
     d = write_run(tmp_path, "uni", method="unigrad", collapse=False, exact=True)
-    fig = report.plot_gradients(report.load_run(d), None)
+    fig = plots.plot_gradients(rundata.load_run(d), None)
     _, lam_ax, cos_ax = fig.axes
     assert "exact for this method" in _texts(lam_ax) and "lambda = 100" in _texts(lam_ax)
     assert "exact for this method" in _texts(cos_ax) and not lam_ax.get_lines() and not cos_ax.get_lines()
     # a method whose gradient differs from its form keeps its curves
-    fig = report.plot_gradients(report.load_run(runs["healthy"]), None)
+    fig = plots.plot_gradients(rundata.load_run(runs["healthy"]), None)
     assert fig.axes[1].get_lines() and "exact" not in _texts(fig.axes[1])
-    check_png(report.plot_gradients(report.load_run(d), tmp_path / "g.png"))
+    check_png(plots.plot_gradients(rundata.load_run(d), tmp_path / "g.png"))
 
 
 def _image_folder(root: Path, classes: bool, test_split: bool) -> Path:
@@ -294,17 +295,17 @@ def test_knn_panel_says_what_the_image_folder_lacks(tmp_path, classes, test_spli
     (d / "metrics.jsonl").write_text(json.dumps({"step": 5, "loss": 1.0}) + "\n")
     (d / "config.yaml").write_text(yaml.safe_dump({"data": {"name": "imagefolder", "root": str(folder),
                                                             "test_split": "test"}}))
-    run = report.load_run(d)
-    assert expected in report.why_no_evaluation(run)
-    fig = report.plot_knn(run, None)
+    run = rundata.load_run(d)
+    assert expected in rundata.why_no_evaluation(run)
+    fig = plots.plot_knn(run, None)
     assert "labels needed" not in _texts(fig.axes[0]) and "no kNN" in _texts(fig.axes[0])
 
 
 def test_compare_draws_one_epoch_runs_as_marked_lines_and_names_the_dataset(tmp_path, runs):
     one = write_run(tmp_path, "one-epoch", method="unigrad", collapse=False, steps=20, steps_per_epoch=20,
                     data={"name": "cifar10", "root": "/data/cifar10-subset", "fraction": 0.5})
-    rs = [report.load_run(runs["healthy"]), report.load_run(one)]
-    fig = report._compare_plot(rs, ["healthy", "one-epoch"], "knn_acc", None, "kNN", "top-1", "epoch",
+    rs = [rundata.load_run(runs["healthy"]), rundata.load_run(one)]
+    fig = plots.compare_plot(rs, ["healthy", "one-epoch"], "knn_acc", None, "kNN", "top-1", "epoch",
                                start="random_knn")
     lines = {ln.get_label(): ln for ln in fig.axes[0].get_lines()}
     single = lines["one-epoch"]
@@ -312,7 +313,7 @@ def test_compare_draws_one_epoch_runs_as_marked_lines_and_names_the_dataset(tmp_
     # its curve starts at the random-init encoder's kNN at epoch 0, joined to its one evaluation
     joins = [ln for ln in fig.axes[0].get_lines() if list(ln.get_xdata()) == [0.0, 1.0]]
     assert any(list(ln.get_ydata()) == [21.25, single.get_ydata()[0]] for ln in joins)
-    assert report.run_summary(rs[1])["dataset"] == "cifar10 (cifar10-subset), 50% of the images"
+    assert rundata.run_summary(rs[1])["dataset"] == "cifar10 (cifar10-subset), 50% of the images"
     page = report.compare_runs([runs["healthy"], one], tmp_path / "cmp", embedding=False).read_text()
     assert "<th>dataset</th>" in page and "cifar10 (cifar10-subset), 50% of the images" in page
 
