@@ -3,6 +3,7 @@
     python benchmarks/cpu_recipe_search.py                       # every candidate below, then the table
     python benchmarks/cpu_recipe_search.py --only e30 b128_e30   # some of them
     python benchmarks/cpu_recipe_search.py --table-only --plot docs/img/cpu_recipe_frontier.png
+    python benchmarks/cpu_recipe_search.py --only small_e20 --seeds 3    # seeds 0, 1, 2 of one candidate
 
 Each candidate is ``siamgrad train preset=cifar10_cpu data.root=SUBSET`` with its own overrides,
 trained into ``--out/NAME`` (a finished run is reused, an interrupted one resumes), with kNN on the
@@ -14,7 +15,9 @@ no evaluation, diagnostics or checkpoints), so a busy machine shows up in it: ru
 
 Printed: one row per candidate (minutes, val kNN, test kNN, the minutes at which the test curve
 first reached 40% and 45%), then ``best=NAME`` (the highest val kNN among the runs within
-``--budget-min`` minutes).
+``--budget-min`` minutes). With ``--seeds K`` each candidate is also trained with seeds 1 .. K-1
+(into ``NAME-s1``, ...; seed 0 stays ``NAME``), one row per seed, then per candidate the mean, the
+seed-to-seed standard deviation and the 95% Student-t interval of its val and test kNN.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ CANDIDATES: dict[str, list[str]] = {
     "tiny_b128_e36": ["backbone=tiny", "epochs=36", "batch_size=128", "eval.every=3"],
     "tiny_b128_v4_e18": ["backbone=tiny", "epochs=18", "batch_size=128", "augment.n_views=4", "eval.every=3"],
     # native bf16
+    "small_e20": ["eval.every=4"],  # the preset as it is
     "small_e28": ["epochs=28", "eval.every=4"],
     "small_b128_e20": ["epochs=20", "batch_size=128", "eval.every=4"],
 }
@@ -56,12 +60,16 @@ def _sh(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, cwd=ROOT)
 
 
+def run_name(name: str, seed: int) -> str:
+    return name if seed == 0 else f"{name}-s{seed}"
+
+
 def run_candidate(name: str, overrides: list[str], out: Path, data: Path, eval_every: int, seed: int) -> Path:
-    run = out / name
+    run = out / run_name(name, seed)
     done = run / "results.json"
     if not (done.exists() and "knn_accuracy" in json.loads(done.read_text())):
         _sh([sys.executable, "-m", "siamgrad", "train", *BASE, f"data.root={data}", f"out_dir={out}",
-             f"run_name={name}", f"eval.every={eval_every}", f"seed={seed}", *overrides])
+             f"run_name={run.name}", f"eval.every={eval_every}", f"seed={seed}", *overrides])
     if "knn@val" not in json.loads(done.read_text()).get("eval", {}):  # re-read: the training wrote it
         _sh([sys.executable, "-m", "siamgrad", "eval", "knn", str(run), "--split", "val", "--no-baselines"])
     return run
@@ -113,13 +121,34 @@ def plot(rows: list[dict], path: Path, loaded: set[str], raw_pixels: float | Non
     print(f"plot: {path}")
 
 
+def print_spread(rows: list[dict], names: list[str]) -> None:
+    """Per candidate over its seeds: mean, standard deviation and 95% interval of val and test kNN."""
+    from siamgrad.experiments.stats import mean_interval
+
+    print("\n| candidate | seeds | val kNN mean (sd) [95% interval] | test kNN mean (sd) [95% interval] | minutes |")
+    print("|---|---|---|---|---|")
+    for n in names:
+        mine = [r for r in rows if r["candidate"] == n]
+        if not mine:
+            continue
+        cells = []
+        for key in ("val", "test"):
+            vals = [r[key] for r in mine if r[key] is not None]
+            iv = mean_interval(vals) if vals else None
+            cells.append("-" if iv is None else f"{iv.mean:.2f}" if iv.n < 2 else
+                         f"{iv.mean:.2f} ({iv.sd:.2f}) [{iv.low:.2f}, {iv.high:.2f}]")
+        minutes = sum(r["minutes"] for r in mine) / len(mine)
+        print(f"| {n} | {len(mine)} | {cells[0]} | {cells[1]} | {minutes:.1f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--only", nargs="*", help="candidate names (default: all)")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "cpu_recipe")
     p.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
     p.add_argument("--eval-every", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the seed of every run (without --seeds)")
+    p.add_argument("--seeds", type=int, default=None, help="train seeds 0 .. K-1 of each candidate, then their spread")
     p.add_argument("--budget-min", type=float, default=10.0)
     p.add_argument("--table-only", action="store_true", help="summarize the finished runs, train nothing")
     p.add_argument("--plot", type=Path, help="write the accuracy-vs-minutes plot here")
@@ -134,16 +163,21 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: unknown candidate(s) {unknown}; choose from {list(CANDIDATES)}", file=sys.stderr)
         return 2
+    seeds = list(range(args.seeds)) if args.seeds else [args.seed]
     if not args.table_only:
-        for n in names:
-            run_candidate(n, CANDIDATES[n], args.out, args.data_root, args.eval_every, args.seed)
-    rows = [summarize(args.out / n) for n in names if (args.out / n / "results.json").exists()]
-    print("| candidate | overrides | minutes | val kNN | test kNN | minutes to 40% | minutes to 45% |")
+        for k in seeds:  # seed 0 of every candidate first
+            for n in names:
+                run_candidate(n, CANDIDATES[n], args.out, args.data_root, args.eval_every, k)
+    runs = [(n, args.out / run_name(n, k)) for n in names for k in seeds]
+    rows = [{**summarize(run), "candidate": n} for n, run in runs if (run / "results.json").exists()]
+    print("| run | overrides | minutes | val kNN | test kNN | minutes to 40% | minutes to 45% |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         r["busy"] = r["name"] in args.loaded
-        print(f"| {r['name']}{' (busy)' if r['busy'] else ''} | {' '.join(CANDIDATES[r['name']])} | {r['minutes']:.1f} | {_fmt(r['val'])} | "
+        print(f"| {r['name']}{' (busy)' if r['busy'] else ''} | {' '.join(CANDIDATES[r['candidate']])} | {r['minutes']:.1f} | {_fmt(r['val'])} | "
               f"{r['test']:.2f} | {_fmt(r['to40'], '.1f')} | {_fmt(r['to45'], '.1f')} |")
+    if args.seeds:
+        print_spread(rows, names)
     within = [r for r in rows if r["minutes"] <= args.budget_min and r["val"] is not None]
     if within:
         print(f"best={max(within, key=lambda r: r['val'])['name']}")
