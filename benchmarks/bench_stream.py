@@ -49,7 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from siamgrad import methods  # noqa: E402
-from siamgrad.augment.multiview import build_augment, MultiViewAugment
+from siamgrad.augment.multiview import MultiViewAugment, build_augment  # noqa: E402
 from siamgrad.augment.ops import blur_kernel_size  # noqa: E402
 from siamgrad.models.backbones import build_backbone  # noqa: E402
 from siamgrad.data.datasets import load_dataset  # noqa: E402

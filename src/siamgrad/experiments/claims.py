@@ -191,7 +191,7 @@ def seeds_to_settle(r: ContrastResult) -> int | None:
     if r.verdict != INCONCLUSIVE or iv is None:
         raise ConfigError("seeds_to_settle reads an inconclusive contrast with an interval")
     log = math.log if c.ratio else (lambda x: x)  # a ratio's interval is on the log scale
-    m, tol = log(iv.mean), log(c.tol) if c.ratio else c.tol
+    m, tol = log(iv.mean), log(c.tol)
     if c.kind == "alike":
         margin = min(tol - m, m + tol) if -tol <= m <= tol else abs(m) - tol
     else:

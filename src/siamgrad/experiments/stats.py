@@ -124,7 +124,14 @@ def seeds_for_margin(sd: float, margin: float, level: float = 0.95, most: int = 
         raise ConfigError(f"a spread of {sd} cannot size a seed count; give the sd of at least 2 seeds")
     if margin <= 0:
         return None
-    for n in range(2, most + 1):
-        if t_quantile(level, n - 1) * sd / math.sqrt(n) < margin:
-            return n
-    return None
+
+    def fits(n: int) -> bool:
+        return t_quantile(level, n - 1) * sd / math.sqrt(n) < margin
+
+    if not fits(most):
+        return None
+    lo, hi = 2, most  # the half-width falls as n grows: bisect for the first n that fits
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(mid) else (mid + 1, hi)
+    return lo
