@@ -22,6 +22,11 @@ grid's table still shows the failure. ``siamgrad reproduce claims`` trains the r
 runs are reused; each grid's ``results.csv`` then holds just those runs), reads the per-seed rows
 back and writes the report (``docs/claims.md`` by default). ``train=false`` only reads what is there.
 
+Run folders are scratch; the report is not. Every per-seed value a contrast reads is kept in the
+evidence file beside the report (``docs/claims.csv``), merged with what the run folders hold (fresh
+values win), so the report regenerates on a checkout without them. A claim with values in neither
+keeps its row and section from the previous report, marked as carried over.
+
 Grids are :data:`~siamgrad.experiments.grids.EXPERIMENTS` plus :data:`~siamgrad.experiments.grids.CLAIM_GRIDS`,
 the runs no paper grid holds (predictor-free BYOL and SimSiam, claim (o)'s timed pair).
 """
@@ -145,11 +150,10 @@ class ClaimResult:
 
 
 def _value(row: dict, metric: str) -> float | None:
-    if metric.startswith("minutes_to_knn@"):  # the first evaluation at or above the target
+    v = row.get(metric)
+    if v is None and metric.startswith("minutes_to_knn@"):  # the first evaluation at or above the target
         target = float(metric.partition("@")[2])
         v = next((m for m, acc in row.get("knn_curve", []) if acc >= target), None)
-    else:
-        v = row.get(metric)
     try:
         x = float(v)
     except (TypeError, ValueError):
@@ -381,6 +385,87 @@ def load_results(out_dir: str | Path, size: str, grids: list[str]) -> Results:
     return res
 
 
+# --------------------------------------------------------------------------------------------
+# the values behind the report, kept beside it: run folders are scratch, the report must regenerate
+
+EVIDENCE_FIELDS = ("grid", "run", "seed", "metric", "value")
+
+
+def evidence_path(doc: str | Path) -> Path:
+    """``docs/claims.md`` -> ``docs/claims.csv``: every per-seed value the report's contrasts read."""
+    return Path(doc).with_suffix(".csv")
+
+
+def claim_values(claims: list[Claim], results: Results) -> dict[tuple[str, str, int, str], float]:
+    """(grid, run, seed, metric) -> value, for every metric a contrast of ``claims`` reads."""
+    out = {}
+    for cl in claims:
+        for c in cl.contrasts:
+            for g, r in c.runs():
+                for seed, row in results.get((g, r), {}).items():
+                    v = _value(row, c.metric)
+                    if v is not None:
+                        out[(g, r, seed, c.metric)] = v
+    return out
+
+
+def read_evidence(path: str | Path) -> dict[tuple[str, str, int, str], float]:
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != EVIDENCE_FIELDS:
+            raise ConfigError(f"{path}: expected the columns {','.join(EVIDENCE_FIELDS)}; "
+                              "delete it to rebuild it from the run folders")
+        try:
+            return {(r["grid"], r["run"], int(r["seed"]), r["metric"]): float(r["value"]) for r in reader}
+        except ValueError as e:
+            raise ConfigError(f"{path}: a row has a malformed seed or value ({e}); fix or delete that row") from e
+
+
+def write_evidence(path: str | Path, values: dict[tuple[str, str, int, str], float]) -> None:
+    lines = [",".join(EVIDENCE_FIELDS)]
+    lines += [f"{g},{r},{seed},{m},{v!r}" for (g, r, seed, m), v in sorted(values.items())]
+    atomic_write_text(Path(path), "\n".join(lines) + "\n")
+
+
+def as_results(values: dict[tuple[str, str, int, str], float]) -> Results:
+    res: Results = {}
+    for (g, r, seed, m), v in values.items():
+        res.setdefault((g, r), {}).setdefault(seed, {})[m] = v
+    return res
+
+
+@dataclass(frozen=True)
+class Carried:
+    """A claim's row and section taken over from the previous report, whose values are in neither the
+    run folders nor the evidence file (measured before it existed): shown as it was, marked so."""
+
+    key: str
+    verdict: str
+    row: str
+    section: str
+
+
+def carried_claims(doc_text: str) -> dict[str, Carried]:
+    """key -> its row and section in a report written by :func:`report`."""
+    out = {}
+    sections = {}
+    for block in doc_text.split("\n### (")[1:]:
+        key = block.partition(")")[0]
+        sections[key] = "### (" + block.split("\n## ")[0].rstrip("\n") + "\n"
+    for line in doc_text.splitlines():
+        if line.startswith("| (") and ")" in line:
+            key = line[3:].partition(")")[0]
+            cells = [c.strip() for c in line.strip("|").split(" | ")]
+            v = cells[-2] if len(cells) >= 5 else NOT_MEASURED
+            v = NOT_MEASURED if v.startswith("not yet measured") else v
+            if key in sections:
+                out[key] = Carried(key, v, line, sections[key])
+    return out
+
+
 def _split(settings: list[str]) -> tuple[str, int, bool, str, list[str]]:
     size, seeds, train, doc, rest = "cpu", 3, True, None, []
     for s in settings:
@@ -425,10 +510,16 @@ def run_claims(settings: list[str] | None = None, out_dir: str = "runs/reproduce
         if train:
             runner.run_experiment(g, [f"size={size}", f"seeds={seeds}", f"only={','.join(labels)}", *rest],
                                   out_dir=out_dir, log=log, exp=exp)
-    results = load_results(out_dir, size, list(need))
-    evaluated = evaluate(claims, results, min_seeds=MIN_SEEDS)
     path = Path(doc)
-    atomic_write_text(path, report(evaluated, size, seeds, need, rest))
+    values = read_evidence(evidence_path(path))
+    values.update(claim_values(claims, load_results(out_dir, size, list(need))))  # fresh runs win
+    evaluated = evaluate(claims, as_results(values), min_seeds=MIN_SEEDS)
+    previous = carried_claims(path.read_text()) if path.is_file() else {}
+    carried = {r.claim.key: previous[r.claim.key] for r in evaluated
+               if r.claim.key in previous and previous[r.claim.key].verdict != NOT_MEASURED
+               and r.contrasts and all(c.interval is None for c in r.contrasts)}
+    write_evidence(evidence_path(path), values)
+    atomic_write_text(path, report(evaluated, size, seeds, need, rest, carried))
     return path
 
 
@@ -455,11 +546,12 @@ def _shown(v: str, need: int) -> str:
     return f"not yet measured at {need} seeds" if v == NOT_MEASURED else v
 
 
-def _status(evaluated: list[ClaimResult], want: int) -> list[str]:
+def _status(evaluated: list[ClaimResult], want: int, carried: dict[str, Carried]) -> list[str]:
     """One line per verdict: which claims have it (the not-yet-measured ones last)."""
     by: dict[str, list[str]] = {}
     for r in evaluated:
-        by.setdefault(r.verdict, []).append(f"({r.claim.key})")
+        v = carried[r.claim.key].verdict if r.claim.key in carried else r.verdict
+        by.setdefault(v, []).append(f"({r.claim.key})")
     lines = [f"Status: {sum(len(by.get(v, [])) for v in (HOLDS, FAILS, INCONCLUSIVE))} of {len(evaluated)} "
              f"claims have a verdict from at least {want} seeds.", ""]
     for v in (HOLDS, FAILS, INCONCLUSIVE, NOT_MEASURED):
@@ -471,10 +563,15 @@ def _status(evaluated: list[ClaimResult], want: int) -> list[str]:
     return lines
 
 
+_CARRIED_MARK = ("Carried over from the previous report: its per-seed values predate the evidence file and its "
+                 "runs are not in this checkout; the command above measures it again.")
+
+
 def report(evaluated: list[ClaimResult], size: str, seeds: int, need: dict[str, list[str]],
-           extra: list[str] | None = None) -> str:
-    """The claims report in Markdown: one row per claim, then each claim's contrasts."""
-    want = MIN_SEEDS
+           extra: list[str] | None = None, carried: dict[str, Carried] | None = None) -> str:
+    """The claims report in Markdown: one row per claim, then each claim's contrasts. A claim in
+    ``carried`` keeps its row and section from the previous report."""
+    want, carried = MIN_SEEDS, carried or {}
     total = " ".join(["siamgrad reproduce claims", f"size={size}", f"seeds={seeds}", *(extra or [])])
     lines = [
         "# The seed papers' claims, measured", "",
@@ -485,13 +582,18 @@ def report(evaluated: list[ClaimResult], size: str, seeds: int, need: dict[str, 
         "wholly outside it, is **inconclusive** when an interval straddles it, and is **not yet measured** "
         f"below {want} seeds. The claims, their runs and tolerances are data in "
         "`src/siamgrad/experiments/claims.py`.", "",
-        f"Everything below: `{total}` (finished runs are reused).", "",
-        *_status(evaluated, want), "",
+        f"Everything below: `{total}` (finished runs are reused). Every per-seed value the contrasts read "
+        "is kept in the `.csv` of the same name beside this file, so the report regenerates without the "
+        "run folders.", "",
+        *_status(evaluated, want, carried), "",
         "| claim | paper's figure | contrasts (ours) | verdict | seeds |",
         "|---|---|---|---|---|",
     ]
     for r in evaluated:
         cl = r.claim
+        if cl.key in carried:
+            lines.append(carried[cl.key].row)
+            continue
         ours = "; ".join(f"{c.contrast.describe()}: {_fmt_iv(c)}" for c in r.contrasts) or "no contrast yet"
         v = _shown(r.verdict, want)
         lines.append(f"| ({cl.key}) {cl.statement} | {cl.paper_figure} ({cl.paper}, {cl.source}) | {ours} | "
@@ -499,6 +601,12 @@ def report(evaluated: list[ClaimResult], size: str, seeds: int, need: dict[str, 
     lines += ["", "## Claims one by one", ""]
     for r in evaluated:
         cl = r.claim
+        if cl.key in carried:
+            section = carried[cl.key].section.rstrip("\n")
+            if _CARRIED_MARK not in section:
+                section += "\n\n" + _CARRIED_MARK
+            lines += [section, ""]
+            continue
         lines += [f"### ({cl.key}) {cl.statement}", "",
                   f"{cl.paper}, {cl.source}: {cl.paper_figure}.", "",
                   f"Reading at this size: {cl.note}.", "",
