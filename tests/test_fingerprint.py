@@ -36,14 +36,19 @@ RUNS = {
 }
 
 # name -> the digests recorded so far, one per kind of CPU (the first on an earlier machine, the
-# second on an AMD EPYC with AVX512-BF16, from a commit whose first digests matched on the first)
+# second on an AMD EPYC with AVX512-BF16, from a commit whose first digests matched on the first;
+# the third, where a run has one, on an Intel Xeon with AVX512-BF16, from a commit whose digests
+# matched on the AMD one; there unigrad and vicreg-gradient end as on an earlier kind)
 DIGESTS = {
     "barlow_twins": ("efa1780e9e59e01fd137918eeedb02a4a4d492414bc390925370d21de7536043",
-                     "70bf701eea699cf6bed18c0457c829711c0cf16c5f3fc5018202b7fcf74b9311"),
+                     "70bf701eea699cf6bed18c0457c829711c0cf16c5f3fc5018202b7fcf74b9311",
+                     "7f7c768e224025ac220029b982232030d0c22271c030bfb92b97a54b748f648a"),
     "directpred": ("6bec5a4f6621fdcc7d91b71f54df31e4c202f736c4f0a6f9012baa78a11eeb8f",
-                   "b76fcd3046f55665bcd1177b956e83b4d6387d0ead44e016715ae083cbace75b"),
+                   "b76fcd3046f55665bcd1177b956e83b4d6387d0ead44e016715ae083cbace75b",
+                   "62beb5c895f6f9b3e5e17af2054f2272852f19d210ba2819a005ee2ee1dc99c4"),
     "moco": ("48fe707ca3189c03a69e2851b808c1d74d06c95a99f6ff354311e65fdf1c6b94",
-             "e3f9d68d7b8f7f6801ff62d82a3b367c8c46627f3da7c7a1124375c4870e7135"),
+             "e3f9d68d7b8f7f6801ff62d82a3b367c8c46627f3da7c7a1124375c4870e7135",
+             "c1f2b0e79adbb65ab85bcaf3913f25622169b5c088c56a4dc718c79e67a684d3"),
     "unigrad": ("78cfb69aba73eab83012ed835e1280d18883c0807b05654e02e6380c6ade3561",
                 "e418fc2096c25ef5a75ad5d06fdc45ee68b0c82151e21f1bf0897a86e4a44dae"),
     "vicreg-gradient": ("506cba8d4279ec08745dbed12c25f66d882282a17bf57095259b1c28cf957812",
