@@ -43,8 +43,9 @@ class _Feed:
     def __init__(self) -> None:
         self.views: list[torch.Tensor] | None = None
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> list[torch.Tensor]:
-        assert self.views is not None
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None,
+                 share: tuple[int, int] | None = None) -> list[torch.Tensor]:
+        assert self.views is not None and share is None  # one process: the whole batch
         return self.views
 
 
