@@ -80,7 +80,6 @@ def test_failed_write_leaves_old_file(tmp_path):
 # full disk, read-only folders, stale temporaries, latest.pt present at every instant
 
 import errno
-import math
 import re
 import shutil
 import subprocess

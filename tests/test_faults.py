@@ -40,7 +40,7 @@ from siamgrad.cli import main
 from siamgrad.config import build_config
 from siamgrad.data.datasets import load_dataset
 from siamgrad.data.in_memory import ImageDataset, channel_stats
-from siamgrad.errors import CheckpointError, DataError, SiamgradError, TrainingError
+from siamgrad.errors import DataError, SiamgradError, TrainingError
 from siamgrad.data.batches import InMemoryBatches
 from siamgrad.train.loop import Trainer, read_metrics, train
 
