@@ -34,7 +34,6 @@ the runs no paper grid holds (predictor-free BYOL and SimSiam, claim (o)'s timed
 from __future__ import annotations
 
 import csv
-import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -426,11 +425,8 @@ def read_evidence(path: str | Path) -> dict[tuple[str, str, int, str], float]:
 
 
 def write_evidence(path: str | Path, values: dict[tuple[str, str, int, str], float]) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(EVIDENCE_FIELDS)
-    w.writerows((g, r, seed, m, repr(v)) for (g, r, seed, m), v in sorted(values.items()))
-    atomic_write_text(Path(path), buf.getvalue())
+    runner.write_csv(Path(path), [dict(zip(EVIDENCE_FIELDS, (*key, v))) for key, v in sorted(values.items())],
+                     EVIDENCE_FIELDS)
 
 
 def as_results(values: dict[tuple[str, str, int, str], float]) -> Results:

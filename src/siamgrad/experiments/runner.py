@@ -367,8 +367,10 @@ def _ci_cell(s: dict, m: str) -> str:
     return f"{_fmt(s[m])} ± {_fmt((hi - lo) / 2)} [{_fmt(lo)}, {_fmt(hi)}]"
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    cols = list(rows[0].keys())
+def write_csv(path: Path, rows: list[dict], fields: tuple[str, ...] | None = None) -> None:
+    """``rows`` (dicts with the same keys, None as an empty cell) as a CSV file, written atomically;
+    ``fields`` names the columns (default: the first row's keys), so no rows still gives a header."""
+    cols = list(fields or rows[0].keys())
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols)
     w.writeheader()
@@ -380,10 +382,10 @@ def _write_results(root: Path, name: str, size: str, exp: Experiment, rows: list
                    extra: list[str], total: int) -> Path:
     """Write results.csv/.md/.png of ``rows``; ``total``: the runs this invocation trains."""
     cols = list(rows[0].keys())
-    _write_csv(root / "results.csv", rows)
+    write_csv(root / "results.csv", rows)
     summary = seed_summary(rows) if "seed" in cols else None
     if summary:
-        _write_csv(root / "results_seeds.csv", summary)
+        write_csv(root / "results_seeds.csv", summary)
     cmd = " ".join(["siamgrad reproduce", name, f"size={size}", *extra])
     done = len(rows)
     md = [f"# {name} ({size})", "", exp.description, "", f"Command: `{cmd}`", "",
