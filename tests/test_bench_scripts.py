@@ -20,3 +20,28 @@ def test_time_to_knn_trains_both_sides_and_prints_the_ratio(tmp_path, capsys):
     assert rc == 0
     assert "epoch 1 siamgrad: kNN" in out and "epoch 1 peer: kNN" in out
     assert "time_ratio=" in out and "time_ratio=nan" not in out
+
+
+def test_seed_spread_scores_each_run_as_eval_knn_does_and_splits_their_spread(tmp_path, capsys):
+    import seed_spread
+
+    from siamgrad.config import build_config
+    from siamgrad.eval.checkpoint import evaluate_checkpoint
+    from siamgrad.experiments.stats import mean_interval
+    from siamgrad.train.loop import train
+
+    write_cifar10_python(tmp_path / "cifar-10-batches-py", sizes=(16, 16, 16, 16, 16), n_test=40)
+    tiny = ["data=cifar10", f"data.root={tmp_path}", "backbone=tiny", "batch_size=16", "epochs=1",
+            "eval.knn_k=5", "eval.every=0", "method.proj_hidden_dim=32", "method.proj_output_dim=16",
+            "diag.enabled=false", "diag.report=false", "progress=false", f"out_dir={tmp_path / 'runs'}"]
+    runs = [str(train(build_config([*tiny, f"seed={k}", f"run_name=s{k}"]), log=False).run_dir) for k in range(3)]
+    # the independent figure: siamgrad eval knn's accuracy of each run (knn_accuracy, not knn_correct)
+    accs = [evaluate_checkpoint("knn", r, baselines=False, write=False)["knn_top1"] for r in runs]
+    capsys.readouterr()
+    assert seed_spread.main([*runs, "--target-sd", "1"]) == 0
+    out = capsys.readouterr().out
+    for r, a in zip(runs, accs):
+        assert f"{r}: kNN {a:.2f}% on 40 test images" in out
+    assert f"seeds=3 images=40 sd={mean_interval(accs).sd:.2f} " in out
+    assert "images_for_target=" in out
+    assert seed_spread.main(runs[:1]) == 2

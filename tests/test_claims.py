@@ -58,6 +58,53 @@ def test_t_interval_and_paired_difference_match_scipy():
             assert stats.t_two_sided_prob(t, df) == pytest.approx(2 * scipy_stats.t.cdf(t, df) - 1, abs=1e-12)
 
 
+def test_per_image_split_by_hand():
+    """3 seeds x 4 images. Seed accuracies 50, 75, 25: sd 25. Images 0 and 3 never flip; images 1
+    and 2 are right in 2 of 3 seeds (variance 1/3 each, unbiased), so the per-image variance is
+    (100 / 4)^2 * 2/3 = 416.67 of the 625 total; the shared part is sqrt(208.33)."""
+    correct = [[1, 1, 0, 0],
+               [1, 1, 1, 0],
+               [1, 0, 0, 0]]
+    split = stats.per_image_split(correct)
+    assert (split.seeds, split.images) == (3, 4)
+    assert split.sd == pytest.approx(25.0)
+    assert split.sd_per_image == pytest.approx(math.sqrt(625 * 2 / 3))
+    assert split.sd_shared == pytest.approx(math.sqrt(625 / 3))
+    # 0.5 points needs the per-image variance 416.67 * 4 / N below 0.25 - 208.33: impossible
+    assert split.images_for(0.5) is None
+    assert split.images_for(20.0) == 9  # 1666.67 / (400 - 208.33) = 8.7 images
+    with pytest.raises(ConfigError, match="at least 2 seeds"):
+        stats.per_image_split([[1, 0]])
+    with pytest.raises(ConfigError, match="same"):
+        stats.per_image_split([[1, 0], [1]])
+
+
+def test_per_image_split_matches_numpy_and_a_simulation():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    # the identity: total variance = the diagonal of the per-image covariance + its off-diagonal sum
+    c = rng.random((5, 300)) < rng.random(300)
+    split = stats.per_image_split(c.tolist())
+    cov = np.cov(c.astype(float), rowvar=False, ddof=1) * (100 / 300) ** 2
+    assert split.sd ** 2 == pytest.approx(np.var(100 * c.mean(1), ddof=1))
+    assert split.sd ** 2 == pytest.approx(cov.sum())
+    assert split.sd_per_image ** 2 == pytest.approx(np.trace(cov))
+    # images flipping independently: the per-image part is the whole spread, and it is
+    # sqrt(sum q(1-q)) / n; a shift shared by all images of a seed shows up as the shared part
+    q = rng.uniform(0.1, 0.9, 1000)
+    independent = rng.random((400, 1000)) < q
+    s = stats.per_image_split(independent.tolist())
+    expected = 100 * math.sqrt((q * (1 - q)).sum()) / 1000
+    assert s.sd_per_image == pytest.approx(expected, rel=0.05)
+    assert s.sd == pytest.approx(expected, rel=0.1) and s.sd_shared < 0.4 * expected
+    shift = rng.normal(0, 0.05, (400, 1))
+    shared = rng.random((400, 1000)) < np.clip(q + shift, 0, 1)
+    s2 = stats.per_image_split(shared.tolist())
+    assert s2.sd_shared == pytest.approx(5.0, rel=0.2)  # 100 * the shift's sd
+    assert s2.sd_per_image == pytest.approx(expected, rel=0.05)
+
+
 def test_paired_difference_is_narrower_than_the_unpaired_intervals_suggest():
     """Seeds move both runs alike: the difference is constant, its interval a point."""
     a, b = [36.0, 38.0, 40.0], [35.0, 37.0, 39.0]

@@ -32,7 +32,7 @@ from siamgrad.errors import ConfigError, DataError, SiamgradError
 from siamgrad.eval.features import extract_features, load_backbone, raw_pixel_features
 from siamgrad.eval.fewshot import DEFAULT_FRACTIONS, fewshot_eval
 from siamgrad.eval.finetune import FinetuneSettings, finetune, finetune_augment
-from siamgrad.eval.knn import knn_accuracy
+from siamgrad.eval.knn import knn_accuracy, knn_predict
 from siamgrad.eval.linear import linear_probe
 from siamgrad.eval.splits import validation_split
 from siamgrad.models.backbones import build_backbone
@@ -142,6 +142,38 @@ def _device(settings: list[str]) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _checkpoint_and_sets(checkpoint: str, settings: list[str], split: str, command: str
+                         ) -> tuple[nn.Module, dict, Config, ImageDataset, ImageDataset, int, torch.device]:
+    """The checkpoint's backbone, state and config (``settings`` applied), its labeled
+    ``(train, evaluation)`` sets for ``split``, the input size and the device."""
+    device = _device(settings)
+    backbone, state = load_backbone(checkpoint, device=str(device))
+    cfg = config_for_checkpoint(state, [s for s in settings if not s.startswith("device=")], command=command,
+                                applies=("data", "eval", "augment", "seed", "precision", "channels_last", "threads"))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    train_all, test_all, size = labeled_sets(cfg, state)
+    train, test = eval_split(train_all, test_all, split, cfg.seed)
+    return backbone, state, cfg, train, test, size, device
+
+
+def knn_correct(checkpoint: str, settings: list[str] | None = None, *, split: str = "test") -> torch.Tensor:
+    """Per evaluation image, whether the checkpoint's kNN classifies it right (bool, in the split's order).
+
+    The same protocol as ``evaluate_checkpoint("knn", ...)``: its mean is that accuracy. Per-image
+    outcomes of several seeds split their spread of accuracy
+    (:func:`siamgrad.experiments.stats.per_image_split`).
+    """
+    backbone, state, cfg, train, test, size, device = _checkpoint_and_sets(checkpoint, list(settings or []), split,
+                                                                           "eval knn")
+    mean, std = tuple(state["mean"]), tuple(state["std"])
+    ftr = extract_features(backbone, train.images, mean, std, size=size, device=device)
+    fte = extract_features(backbone, test.images, mean, std, size=size, device=device)
+    pred = knn_predict(ftr, train.labels, fte, k=cfg.eval.knn_k, temperature=cfg.eval.knn_t,
+                       num_classes=len(train.classes))
+    return pred == test.labels
+
+
 def evaluate_checkpoint(protocol: str, checkpoint: str, settings: list[str] | None = None, *,
                         split: str = "test", seeds: int | None = None, epochs: int | None = None,
                         baselines: bool = True, write: bool = True, fractions: tuple[float, ...] | None = None,
@@ -161,16 +193,9 @@ def evaluate_checkpoint(protocol: str, checkpoint: str, settings: list[str] | No
         raise ConfigError(f"--epochs must be at least 1, got {epochs}")
     settings = list(settings or [])
     say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    device = _device(settings)
-    backbone, state = load_backbone(checkpoint, device=str(device))
-    cfg = config_for_checkpoint(state, [s for s in settings if not s.startswith("device=")], command=f"eval {protocol}",
-                                applies=("data", "eval", "augment", "seed", "precision", "channels_last", "threads"))
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    train_all, test_all, size = labeled_sets(cfg, state)
-    train, test = eval_split(train_all, test_all, split, cfg.seed)
+    backbone, state, cfg, train, test, size, device = _checkpoint_and_sets(checkpoint, settings, split, f"eval {protocol}")
     mean, std = tuple(state["mean"]), tuple(state["std"])
-    num_classes = len(train_all.classes)
+    num_classes = len(train.classes)
     t0 = time.monotonic()
     out: dict[str, Any] = {"checkpoint_step": int(state.get("step", 0)), "split": split,
                            "train_images": len(train), "eval_images": len(test)}

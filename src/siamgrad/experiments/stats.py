@@ -135,3 +135,55 @@ def seeds_for_margin(sd: float, margin: float, level: float = 0.95, most: int = 
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if fits(mid) else (mid + 1, hi)
     return lo
+
+
+@dataclass(frozen=True)
+class SpreadSplit:
+    """A seed-to-seed spread of accuracy split into the evaluation set's part and the seeds' shared part.
+
+    ``sd``: the sample standard deviation of the ``seeds`` accuracies (points). ``sd_per_image``:
+    the part that comes from images flipping between right and wrong independently from seed to
+    seed, which shrinks like ``1 / sqrt(images)`` on a larger evaluation set. ``sd_shared``: the
+    rest, a seed making the model better or worse on many images at once, which more images do not
+    remove (0 when the per-image part explains the whole spread).
+    """
+
+    seeds: int
+    images: int
+    sd: float
+    sd_per_image: float
+    sd_shared: float
+
+    def images_for(self, target_sd: float) -> int | None:
+        """Evaluation images at which the expected spread falls to ``target_sd`` points, if the
+        per-image part shrinks as ``1 / images`` in variance; ``None`` if the shared part alone exceeds it."""
+        room = target_sd ** 2 - self.sd_shared ** 2
+        if room <= 0:
+            return None
+        return max(1, math.ceil(self.sd_per_image ** 2 * self.images / room))
+
+
+def per_image_split(correct: Sequence[Sequence[bool]]) -> SpreadSplit:
+    """Split the seed-to-seed spread of accuracy over ``correct[k][i]`` (seed ``k`` right on image ``i``).
+
+    With ``c_ki`` in {0, 1} and accuracy ``a_k = 100 * mean_i c_ki``, the variance of ``a`` over seeds is
+    ``(100 / n)^2 * sum_ij cov_k(c_i, c_j)``. The diagonal terms, ``(100 / n)^2 * sum_i var_k(c_i)``
+    (both variances unbiased, ``K - 1`` in the denominator), are the per-image part: what the spread
+    would be if images flipped independently. The off-diagonal terms are the shared part.
+    """
+    rows = [[1.0 if c else 0.0 for c in row] for row in correct]
+    k = len(rows)
+    if k < 2:
+        raise ConfigError(f"a spread needs at least 2 seeds, got {k}")
+    n = len(rows[0])
+    if n == 0 or any(len(r) != n for r in rows):
+        raise ConfigError("every seed must be scored on the same, non-empty set of images")
+    acc = [100.0 * sum(r) / n for r in rows]
+    mean = sum(acc) / k
+    var = sum((a - mean) ** 2 for a in acc) / (k - 1)
+    per_image = 0.0
+    for i in range(n):
+        q = sum(r[i] for r in rows) / k
+        per_image += sum((r[i] - q) ** 2 for r in rows) / (k - 1)
+    per_image *= (100.0 / n) ** 2
+    return SpreadSplit(k, n, math.sqrt(var), math.sqrt(per_image), math.sqrt(max(var - per_image, 0.0)))
