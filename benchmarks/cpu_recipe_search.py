@@ -17,7 +17,8 @@ Printed: one row per candidate (minutes, val kNN, test kNN, the minutes at which
 first reached 40% and 45%), then ``best=NAME`` (the highest val kNN among the runs within
 ``--budget-min`` minutes). With ``--seeds K`` each candidate is also trained with seeds 1 .. K-1
 (into ``NAME-s1``, ...; seed 0 stays ``NAME``), one row per seed, then per candidate the mean, the
-seed-to-seed standard deviation and the 95% Student-t interval of its val and test kNN.
+seed-to-seed standard deviation and the 95% Student-t interval of its val and test kNN; with
+``--per-image`` also how much of that spread is the evaluation split's (benchmarks/seed_spread.py).
 """
 
 from __future__ import annotations
@@ -145,6 +146,23 @@ def print_spread(rows: list[dict], names: list[str]) -> None:
         print(f"| {n} | {len(mine)} | {cells[0]} | {cells[1]} | {minutes:.1f} |")
 
 
+def print_per_image(runs: dict[str, list[Path]], target_sd: float = 0.5) -> None:
+    """Per candidate: its seeds' spread split into the evaluation split's per-image part and the shared part."""
+    from siamgrad.eval.checkpoint import knn_correct
+    from siamgrad.experiments.stats import per_image_split
+
+    print(f"\n| candidate | split | seeds | sd | per-image part | shared part | images for sd {target_sd:g} |")
+    print("|---|---|---|---|---|---|---|")
+    for n, folders in runs.items():
+        if len(folders) < 2:
+            continue
+        for split in ("val", "test"):
+            sp = per_image_split([knn_correct(str(f), split=split).tolist() for f in folders])
+            need = sp.images_for(target_sd)
+            print(f"| {n} | {split} | {sp.seeds} | {sp.sd:.2f} | {sp.sd_per_image:.2f} | {sp.sd_shared:.2f} | "
+                  f"{need if need is not None else 'none'} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--only", nargs="*", help="candidate names (default: all)")
@@ -156,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-min", type=float, default=10.0)
     p.add_argument("--table-only", action="store_true", help="summarize the finished runs, train nothing")
     p.add_argument("--plot", type=Path, help="write the accuracy-vs-minutes plot here")
+    p.add_argument("--per-image", action="store_true",
+                   help="with --seeds: split each candidate's spread into its per-image and shared parts")
     p.add_argument("--loaded", nargs="*", default=[],
                    help="runs trained while other jobs used the cores: dashed in the plot, marked in the table")
     args = p.parse_args(argv)
@@ -182,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['test']:.2f} | {_fmt(r['to40'], '.1f')} | {_fmt(r['to45'], '.1f')} |")
     if args.seeds:
         print_spread(rows, names)
+        if args.per_image:
+            done = {n: [run for m, run in runs if m == n and (run / "results.json").exists()] for n in names}
+            print_per_image(done)
     within = [r for r in rows if r["minutes"] <= args.budget_min and r["val"] is not None]
     if within:
         print(f"best={max(within, key=lambda r: r['val'])['name']}")

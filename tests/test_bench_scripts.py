@@ -45,3 +45,22 @@ def test_seed_spread_scores_each_run_as_eval_knn_does_and_splits_their_spread(tm
     assert f"seeds=3 images=40 sd={mean_interval(accs).sd:.2f} " in out
     assert "images_for_target=" in out
     assert seed_spread.main(runs[:1]) == 2
+
+
+def test_recipe_search_trains_seeds_and_splits_their_spread(tmp_path, capsys, monkeypatch):
+    import cpu_recipe_search
+
+    write_cifar10_python(tmp_path / "cifar-10-batches-py", sizes=(16, 16, 16, 16, 16), n_test=40)
+    tiny = ["backbone=tiny", "batch_size=16", "epochs=1", "eval.knn_k=5", "method.proj_hidden_dim=32",
+            "method.proj_output_dim=16", "threads=1"]
+    monkeypatch.setattr(cpu_recipe_search, "CANDIDATES", {"tiny": tiny})
+    rc = cpu_recipe_search.main(["--only", "tiny", "--seeds", "2", "--per-image", "--out", str(tmp_path / "runs"),
+                                 "--data-root", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    spread = next(line for line in out.splitlines() if line.startswith("| tiny | 2 |"))
+    test_sd = spread.split("|")[4].split("(")[1].split(")")[0]  # "mean (sd) [low, high]" of test kNN
+    split_rows = [line.split("|") for line in out.splitlines() if line.startswith("| tiny | val |")
+                  or line.startswith("| tiny | test |")]
+    assert [r[2].strip() for r in split_rows] == ["val", "test"]
+    assert split_rows[1][4].strip() == test_sd  # the split's total spread is the seeds' sd
