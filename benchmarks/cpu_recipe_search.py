@@ -157,7 +157,8 @@ def print_per_image(runs: dict[str, list[Path]], target_sd: float = 0.5) -> None
         if len(folders) < 2:
             continue
         for split in ("val", "test"):
-            sp = per_image_split([knn_correct(str(f), split=split).tolist() for f in folders])
+            # one validation split for every seed: the per-image split needs the same images
+            sp = per_image_split([knn_correct(str(f), split=split, split_seed=0).tolist() for f in folders])
             need = sp.images_for(target_sd)
             print(f"| {n} | {split} | {sp.seeds} | {sp.sd:.2f} | {sp.sd_per_image:.2f} | {sp.sd_shared:.2f} | "
                   f"{need if need is not None else 'none'} |")

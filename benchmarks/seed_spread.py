@@ -4,7 +4,9 @@
     python benchmarks/seed_spread.py RUN_SEED0 RUN_SEED1 RUN_SEED2 --split val --target-sd 0.5
 
 The runs are seeds of one setting (run folders or checkpoints). Each is scored image by image with
-the kNN protocol of ``siamgrad eval knn`` (:func:`siamgrad.eval.checkpoint.knn_correct`); the spread
+the kNN protocol of ``siamgrad eval knn`` (:func:`siamgrad.eval.checkpoint.knn_correct`), on the
+same images: ``--split val`` draws one validation split (``--split-seed``) for all of them, where
+``siamgrad eval knn --split val`` draws each run's from its own seed. The spread
 of their accuracies is then split (:func:`siamgrad.experiments.stats.per_image_split`) into
 
 * the per-image part: images flipping between right and wrong from seed to seed independently
@@ -31,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+", help="run folders or checkpoints: seeds of one setting")
     p.add_argument("--split", choices=SPLITS, default="test")
+    p.add_argument("--split-seed", type=int, default=0,
+                   help="the validation split's draw, the same for every run (each run's own seed would draw its own images)")
     p.add_argument("--target-sd", type=float, default=0.5, help="the spread to size the evaluation set for (points)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="settings for the evaluation (e.g. --set data.root=...)")
@@ -39,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: a spread needs at least 2 runs (seeds of one setting); give more run folders", file=sys.stderr)
         return 2
     try:
-        correct = [knn_correct(run, args.set, split=args.split) for run in args.runs]
+        correct = [knn_correct(run, args.set, split=args.split, split_seed=args.split_seed) for run in args.runs]
     except SiamgradError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

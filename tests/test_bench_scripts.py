@@ -44,6 +44,10 @@ def test_seed_spread_scores_each_run_as_eval_knn_does_and_splits_their_spread(tm
         assert f"{r}: kNN {a:.2f}% on 40 test images" in out
     assert f"seeds=3 images=40 sd={mean_interval(accs).sd:.2f} " in out
     assert "images_for_target=" in out
+    # on the validation split every run is scored on seed 0's draw: run s0's own figure
+    val0 = evaluate_checkpoint("knn", runs[0], split="val", baselines=False, write=False)
+    assert seed_spread.main([*runs, "--split", "val"]) == 0
+    assert f"{runs[0]}: kNN {val0['knn_top1']:.2f}% on {val0['eval_images']} val images" in capsys.readouterr().out
     assert seed_spread.main(runs[:1]) == 2
 
 

@@ -142,10 +142,11 @@ def _device(settings: list[str]) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _checkpoint_and_sets(checkpoint: str, settings: list[str], split: str, command: str
+def _checkpoint_and_sets(checkpoint: str, settings: list[str], split: str, command: str, split_seed: int | None = None
                          ) -> tuple[nn.Module, dict, Config, ImageDataset, ImageDataset, int, torch.device]:
     """The checkpoint's backbone, state and config (``settings`` applied), its labeled
-    ``(train, evaluation)`` sets for ``split``, the input size and the device."""
+    ``(train, evaluation)`` sets for ``split`` (a validation split drawn with ``split_seed``, by
+    default the run's seed), the input size and the device."""
     device = _device(settings)
     backbone, state = load_backbone(checkpoint, device=str(device))
     cfg = config_for_checkpoint(state, [s for s in settings if not s.startswith("device=")], command=command,
@@ -153,19 +154,21 @@ def _checkpoint_and_sets(checkpoint: str, settings: list[str], split: str, comma
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     train_all, test_all, size = labeled_sets(cfg, state)
-    train, test = eval_split(train_all, test_all, split, cfg.seed)
+    train, test = eval_split(train_all, test_all, split, cfg.seed if split_seed is None else split_seed)
     return backbone, state, cfg, train, test, size, device
 
 
-def knn_correct(checkpoint: str, settings: list[str] | None = None, *, split: str = "test") -> torch.Tensor:
+def knn_correct(checkpoint: str, settings: list[str] | None = None, *, split: str = "test",
+                split_seed: int | None = None) -> torch.Tensor:
     """Per evaluation image, whether the checkpoint's kNN classifies it right (bool, in the split's order).
 
     The same protocol as ``evaluate_checkpoint("knn", ...)``: its mean is that accuracy. Per-image
     outcomes of several seeds split their spread of accuracy
-    (:func:`siamgrad.experiments.stats.per_image_split`).
+    (:func:`siamgrad.experiments.stats.per_image_split`); on ``split="val"`` give them one
+    ``split_seed``, since each run's own seed draws its own validation images.
     """
     backbone, state, cfg, train, test, size, device = _checkpoint_and_sets(checkpoint, list(settings or []), split,
-                                                                           "eval knn")
+                                                                           "eval knn", split_seed)
     mean, std = tuple(state["mean"]), tuple(state["std"])
     ftr = extract_features(backbone, train.images, mean, std, size=size, device=device)
     fte = extract_features(backbone, test.images, mean, std, size=size, device=device)
