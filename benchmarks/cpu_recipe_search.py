@@ -148,8 +148,7 @@ def print_spread(rows: list[dict], names: list[str]) -> None:
 
 def print_per_image(runs: dict[str, list[Path]], target_sd: float = 0.5) -> None:
     """Per candidate: its seeds' spread split into the evaluation split's per-image part and the shared part."""
-    from siamgrad.eval.checkpoint import knn_correct
-    from siamgrad.experiments.stats import per_image_split
+    from seed_spread import spread_of
 
     print(f"\n| candidate | split | seeds | sd | per-image part | shared part | images for sd {target_sd:g} |")
     print("|---|---|---|---|---|---|---|")
@@ -157,8 +156,7 @@ def print_per_image(runs: dict[str, list[Path]], target_sd: float = 0.5) -> None
         if len(folders) < 2:
             continue
         for split in ("val", "test"):
-            # one validation split for every seed: the per-image split needs the same images
-            sp = per_image_split([knn_correct(str(f), split=split, split_seed=0).tolist() for f in folders])
+            _, sp = spread_of([str(f) for f in folders], split)  # one validation draw for every seed
             need = sp.images_for(target_sd)
             print(f"| {n} | {split} | {sp.seeds} | {sp.sd:.2f} | {sp.sd_per_image:.2f} | {sp.sd_shared:.2f} | "
                   f"{need if need is not None else 'none'} |")

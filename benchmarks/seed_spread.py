@@ -24,9 +24,18 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
+
 from siamgrad.errors import SiamgradError
 from siamgrad.eval.checkpoint import SPLITS, knn_correct
-from siamgrad.experiments.stats import per_image_split
+from siamgrad.experiments.stats import SpreadSplit, per_image_split
+
+
+def spread_of(runs: list[str], split: str = "test", split_seed: int = 0,
+              settings: list[str] | None = None) -> tuple[list[torch.Tensor], SpreadSplit]:
+    """Each run's per-image kNN outcomes on the same images (one ``split_seed``), and their split."""
+    correct = [knn_correct(run, settings, split=split, split_seed=split_seed) for run in runs]
+    return correct, per_image_split([c.tolist() for c in correct])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,13 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         print("error: a spread needs at least 2 runs (seeds of one setting); give more run folders", file=sys.stderr)
         return 2
     try:
-        correct = [knn_correct(run, args.set, split=args.split, split_seed=args.split_seed) for run in args.runs]
+        correct, split = spread_of(args.runs, args.split, args.split_seed, args.set)
     except SiamgradError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for run, c in zip(args.runs, correct):
         print(f"{run}: kNN {100 * c.float().mean().item():.2f}% on {len(c)} {args.split} images")
-    split = per_image_split([c.tolist() for c in correct])
     need = split.images_for(args.target_sd)
     print(f"seeds={split.seeds} images={split.images} sd={split.sd:.2f} sd_per_image={split.sd_per_image:.2f} "
           f"sd_shared={split.sd_shared:.2f}")

@@ -178,9 +178,7 @@ def per_image_split(correct: Sequence[Sequence[bool]]) -> SpreadSplit:
     n = len(rows[0])
     if n == 0 or any(len(r) != n for r in rows):
         raise ConfigError("every seed must be scored on the same, non-empty set of images")
-    acc = [100.0 * sum(r) / n for r in rows]
-    mean = sum(acc) / k
-    var = sum((a - mean) ** 2 for a in acc) / (k - 1)
+    var = mean_interval([100.0 * sum(r) / n for r in rows]).sd ** 2
     per_image = 0.0
     for i in range(n):
         q = sum(r[i] for r in rows) / k
