@@ -279,3 +279,31 @@ def test_gpu_subset_size_is_the_cpu_grid_with_resnet18_for_fifty_times_the_epoch
             assert gpu.epochs == 50 * cpu.epochs and gpu.eval.every == gpu.epochs // 10, (name, label)
             assert gpu.method == cpu.method and gpu.augment == cpu.augment and gpu.data == cpu.data, (name, label)
     assert set(claims.claim_runs(claims.CLAIMS)) <= set(on_subset)  # every claim reads at this size
+
+
+def test_only_adds_to_the_table_an_earlier_only_wrote(tmp_path, monkeypatch):
+    import siamgrad.train.loop as train_mod
+
+    calls = []
+
+    def fake_train(cfg, log=True):
+        calls.append(cfg.run_name)
+        return train_mod.TrainResult(Path(cfg.out_dir) / cfg.run_name, 7, 40.0 + cfg.seed, 20.0, 30.0, 42.0)
+
+    monkeypatch.setattr(train_mod, "train", fake_train)
+    exp = grids.Experiment("toy", sizes={"cpu": TINY},
+                           runs=[("a", ["method=simclr"]), ("b", ["method=byol"]), ("c", ["method=moco"])])
+    monkeypatch.setitem(grids.EXPERIMENTS, "toy_add", exp)
+    reproduce.run_experiment("toy_add", ["only=c", "seeds=2"], out_dir=str(tmp_path), log=False)
+    md = reproduce.run_experiment("toy_add", ["only=a", "seeds=2"], out_dir=str(tmp_path), log=False)
+    assert calls == ["c-s0", "c-s1", "a-s0", "a-s1"]
+    rows = list(csv.DictReader(open(md.parent / "results.csv")))
+    assert [(r["run"], r["seed"], r["knn_top1"]) for r in rows] == [
+        ("a", "0", "40.0"), ("c", "0", "40.0"), ("a", "1", "41.0"), ("c", "1", "41.0")]
+    seeds = list(csv.DictReader(open(md.parent / "results_seeds.csv")))
+    assert [(r["run"], r["seeds"], r["knn_top1"]) for r in seeds] == [("a", "2", "40.5"), ("c", "2", "40.5")]
+    assert "In progress" not in md.read_text()
+    # training a kept run again replaces its row instead of adding a second one
+    reproduce.run_experiment("toy_add", ["only=c", "seeds=2"], out_dir=str(tmp_path), log=False)
+    rows = list(csv.DictReader(open(md.parent / "results.csv")))
+    assert sorted((r["run"], r["seed"]) for r in rows) == [("a", "0"), ("a", "1"), ("c", "0"), ("c", "1")]

@@ -10,7 +10,9 @@ GPU); those on the subset also have ``gpu_subset`` (the CPU runs with a CIFAR-st
 ``OUT/NAME-SIZE/LABEL``; a run that already finished is not repeated, so an interrupted grid
 continues where it stopped. Settings given on the command line apply to every run (after the
 grid's own); ``only=a,b`` trains only the runs labelled ``a`` and ``b``. The results are collected into ``results.csv``, ``results.md`` and ``results.png`` in
-``OUT/NAME-SIZE`` (rewritten after every run, so a grid in progress can be read).
+``OUT/NAME-SIZE`` (rewritten after every run, so a grid in progress can be read); rows an earlier
+invocation wrote for runs this one does not train are kept, so ``only=a`` then ``only=b`` leaves
+one table of both.
 
 ``seeds=K`` repeats every run with ``seed=0..K-1`` (the initialization, the data order and the
 augmentation draws) in ``OUT/NAME-SIZE/LABEL-sK``, all runs of seed 0 first; finished runs are
@@ -250,6 +252,16 @@ def run_experiment(name: str, settings: list[str] | None = None, out_dir: str = 
     # with seeds: every run of seed 0, then of seed 1, ... (an early complete first pass)
     plan = ([(label, label, s, None) for label, s in runs] if seeds is None else
             [(_seed_folder(root, label, k), label, [*s, f"seed={k}"], k) for k in range(seeds) for label, s in runs])
+    # an earlier invocation's rows for runs this one does not train stay in the table (only= adds up)
+    planned = {(label, seed) for _, label, _, seed in plan}
+    order = {label: i for i, (label, _) in enumerate(exp.runs_for(size))}
+    kept = [r for r in _previous_rows(root / "results.csv") if (r["run"], r.get("seed")) not in planned]
+
+    def table() -> list[dict]:
+        same_kind = not kept or set(kept[0]) == set(rows[0])  # a table from before seeds= is replaced
+        both = [*kept, *rows] if same_kind else rows
+        return sorted(both, key=lambda r: (r.get("seed") or 0, order.get(r["run"], len(order))))
+
     for folder, label, run_settings, seed in plan:
         run_dir = root / folder
         timing = run_dir / "timing.json"
@@ -275,7 +287,7 @@ def run_experiment(name: str, settings: list[str] | None = None, out_dir: str = 
             rows.append(_order(row, keys, exp))
             if log:
                 print(f"[{name}/{size}] {folder}: failed ({first})", flush=True)
-            _write_results(root, name, size, exp, rows, extra, len(plan))
+            _write_results(root, name, size, exp, table(), extra, len(plan) + len(kept))
             continue
         if not timing.exists() or result.step != json.loads(timing.read_text()).get("step"):
             atomic_write_text(timing, json.dumps({"seconds": time.monotonic() - t0,
@@ -294,10 +306,10 @@ def run_experiment(name: str, settings: list[str] | None = None, out_dir: str = 
             knn = row["knn_top1"]
             shown = "n/a" if knn is None else f"{knn:.2f}%"
             print(f"[{name}/{size}] {folder}: kNN {shown} ({row['minutes']:.1f} min)", flush=True)
-        _write_results(root, name, size, exp, rows, extra, len(plan))
+        _write_results(root, name, size, exp, table(), extra, len(plan) + len(kept))
     if not rows:
         raise ConfigError(f"experiment '{name}' has no runs for size={size}")
-    return _write_results(root, name, size, exp, rows, extra, len(plan))
+    return _write_results(root, name, size, exp, table(), extra, len(plan) + len(kept))
 
 
 _RESULT_COLUMNS = ["knn_top1", "best_knn_top1", "knn_full_train", "random_init_knn", "raw_pixel_knn", "eff_rank",
@@ -365,6 +377,26 @@ def _ci_cell(s: dict, m: str) -> str:
         return _fmt(s[m])
     lo, hi = s[f"{m}_low"], s[f"{m}_high"]
     return f"{_fmt(s[m])} ± {_fmt((hi - lo) / 2)} [{_fmt(lo)}, {_fmt(hi)}]"
+
+
+def _previous_rows(path: Path) -> list[dict]:
+    """The rows of an earlier ``results.csv`` (none if there is none), numbers read back as numbers."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return [{k: v if k in ("run", "method", "status") else _cell(v) for k, v in row.items()}
+                for row in csv.DictReader(f)]
+
+
+def _cell(text: str) -> Any:
+    if text == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"True": True, "False": False}.get(text, text)
 
 
 def write_csv(path: Path, rows: list[dict], fields: tuple[str, ...] | None = None) -> None:
