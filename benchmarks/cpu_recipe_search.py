@@ -57,6 +57,8 @@ CANDIDATES: dict[str, list[str]] = {
     # about 44 epochs of 2 views or 20 of 4
     "small_e44": ["epochs=44", "eval.every=4"],
     "small_v4_e20": ["epochs=20", "augment.n_views=4", "eval.every=4"],
+    # twice the steps of small_e44 at half the batch (the learning rate scales with it)
+    "small_b128_e44": ["epochs=44", "batch_size=128", "eval.every=4"],
 }
 
 
