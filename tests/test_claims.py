@@ -480,26 +480,3 @@ def test_the_report_regenerates_from_its_evidence_file_without_the_run_folders(t
     (tmp_path / "claims.csv").write_text("grid,run\nx,y\n")
     with pytest.raises(ConfigError, match="claims.csv: expected the columns grid,run,seed,metric,value"):
         C.run_claims(["train=false", f"doc={doc}"], out_dir=str(out), log=False, claims=claims)
-
-
-def test_a_claim_without_values_keeps_its_row_and_section_from_the_previous_report(tmp_path):
-    claims = [C.Claim("x", "P", "a beats b", (C.Contrast("g", "a", "b", "greater", 0.0),), "fig", "T1", "n"),
-              C.Claim("y", "P", "c beats b", (C.Contrast("g", "c", "b", "greater", 0.0),), "fig", "T2", "n")]
-    three = {0: 1.0, 1: 2.0, 2: 3.0}
-    res = {("g", "a"): {s: {"knn_top1": 50 + v} for s, v in three.items()},
-           ("g", "b"): {s: {"knn_top1": 40 + v} for s, v in three.items()},
-           ("g", "c"): {s: {"knn_top1": 30 + v} for s, v in three.items()}}
-    old = C.report(C.evaluate(claims, res), "cpu", 3, C.claim_runs(claims))
-    assert "| holds | 3 |" in old and "| fails | 3 |" in old
-    # now only c's values are known and c beats b: y is re-measured, x is carried over as it was
-    res2 = {("g", "b"): res[("g", "b")], ("g", "c"): {s: {"knn_top1": 45.0 + v} for s, v in three.items()}}
-    previous = C.carried_claims(old)
-    assert previous["x"].verdict == "holds" and previous["y"].verdict == "fails"
-    new = C.report(C.evaluate(claims, res2), "cpu", 3, C.claim_runs(claims), carried={"x": previous["x"]})
-    x_row = next(line for line in old.splitlines() if line.startswith("| (x)"))
-    assert x_row in new and "+10.00 [+10.00, +10.00] (n=3)" in new
-    assert "| (y) c beats b |" in new and "+5.00 [+5.00, +5.00] (n=3) | holds | 3 |" in new
-    assert "* holds: (x), (y)" in new and new.count("Carried over from the previous report") == 1
-    # both carried, x for the second time: one mark each, not two on x
-    again = C.report(C.evaluate(claims, res2), "cpu", 3, C.claim_runs(claims), carried=C.carried_claims(new))
-    assert again.count("Carried over from the previous report") == 2

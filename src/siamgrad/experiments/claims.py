@@ -19,13 +19,12 @@ A claim holds when every contrast holds, fails when any fails, is inconclusive o
 "not measured" while some contrast has fewer than ``MIN_SEEDS`` (3) paired seeds or no data at
 all. A seed whose run failed (a non-finite loss) is left out of the contrasts that read it; the
 grid's table still shows the failure. ``siamgrad reproduce claims`` trains the runs the claims name with ``seeds=K`` (finished
-runs are reused; each grid's ``results.csv`` then holds just those runs), reads the per-seed rows
+runs are reused; each grid's ``results.csv`` gains their rows), reads the per-seed rows
 back and writes the report (``docs/claims.md`` by default). ``train=false`` only reads what is there.
 
 Run folders are scratch; the report is not. Every per-seed value a contrast reads is kept in the
 evidence file beside the report (``docs/claims.csv``), merged with what the run folders hold (fresh
-values win), so the report regenerates on a checkout without them. A claim with values in neither
-keeps its row and section from the previous report, marked as carried over.
+values win), so the report regenerates on a checkout without them.
 
 Grids are :data:`~siamgrad.experiments.grids.EXPERIMENTS` plus :data:`~siamgrad.experiments.grids.CLAIM_GRIDS`,
 the runs no paper grid holds (predictor-free BYOL and SimSiam, claim (o)'s timed pair).
@@ -436,35 +435,6 @@ def as_results(values: dict[tuple[str, str, int, str], float]) -> Results:
     return res
 
 
-@dataclass(frozen=True)
-class Carried:
-    """A claim's row and section taken over from the previous report, whose values are in neither the
-    run folders nor the evidence file (measured before it existed): shown as it was, marked so."""
-
-    key: str
-    verdict: str
-    row: str
-    section: str
-
-
-def carried_claims(doc_text: str) -> dict[str, Carried]:
-    """key -> its row and section in a report written by :func:`report`."""
-    out = {}
-    sections = {}
-    for block in doc_text.split("\n### (")[1:]:
-        key = block.partition(")")[0]
-        sections[key] = "### (" + block.split("\n## ")[0].rstrip("\n") + "\n"
-    for line in doc_text.splitlines():
-        if line.startswith("| (") and ")" in line:
-            key = line[3:].partition(")")[0]
-            cells = [c.strip() for c in line.strip("|").split(" | ")]
-            v = cells[-2] if len(cells) >= 5 else NOT_MEASURED
-            v = NOT_MEASURED if v.startswith("not yet measured") else v
-            if key in sections:
-                out[key] = Carried(key, v, line, sections[key])
-    return out
-
-
 def _split(settings: list[str]) -> tuple[str, int, bool, str, list[str]]:
     size, seeds, train, doc, rest = "cpu", 3, True, None, []
     for s in settings:
@@ -513,12 +483,8 @@ def run_claims(settings: list[str] | None = None, out_dir: str = "runs/reproduce
     values = read_evidence(evidence_path(path))
     values.update(claim_values(claims, load_results(out_dir, size, list(need))))  # fresh runs win
     evaluated = evaluate(claims, as_results(values), min_seeds=MIN_SEEDS)
-    previous = carried_claims(path.read_text()) if path.is_file() else {}
-    carried = {r.claim.key: previous[r.claim.key] for r in evaluated
-               if r.claim.key in previous and previous[r.claim.key].verdict != NOT_MEASURED
-               and r.contrasts and all(c.interval is None for c in r.contrasts)}
     write_evidence(evidence_path(path), values)
-    atomic_write_text(path, report(evaluated, size, seeds, need, rest, carried))
+    atomic_write_text(path, report(evaluated, size, seeds, need, rest))
     return path
 
 
@@ -545,12 +511,11 @@ def _shown(v: str, need: int) -> str:
     return f"not yet measured at {need} seeds" if v == NOT_MEASURED else v
 
 
-def _status(evaluated: list[ClaimResult], want: int, carried: dict[str, Carried]) -> list[str]:
+def _status(evaluated: list[ClaimResult], want: int) -> list[str]:
     """One line per verdict: which claims have it (the not-yet-measured ones last)."""
     by: dict[str, list[str]] = {}
     for r in evaluated:
-        v = carried[r.claim.key].verdict if r.claim.key in carried else r.verdict
-        by.setdefault(v, []).append(f"({r.claim.key})")
+        by.setdefault(r.verdict, []).append(f"({r.claim.key})")
     lines = [f"Status: {sum(len(by.get(v, [])) for v in (HOLDS, FAILS, INCONCLUSIVE))} of {len(evaluated)} "
              f"claims have a verdict from at least {want} seeds.", ""]
     for v in (HOLDS, FAILS, INCONCLUSIVE, NOT_MEASURED):
@@ -562,15 +527,10 @@ def _status(evaluated: list[ClaimResult], want: int, carried: dict[str, Carried]
     return lines
 
 
-_CARRIED_MARK = ("Carried over from the previous report: its per-seed values predate the evidence file and its "
-                 "runs are not in this checkout; the command above measures it again.")
-
-
 def report(evaluated: list[ClaimResult], size: str, seeds: int, need: dict[str, list[str]],
-           extra: list[str] | None = None, carried: dict[str, Carried] | None = None) -> str:
-    """The claims report in Markdown: one row per claim, then each claim's contrasts. A claim in
-    ``carried`` keeps its row and section from the previous report."""
-    want, carried = MIN_SEEDS, carried or {}
+           extra: list[str] | None = None) -> str:
+    """The claims report in Markdown: one row per claim, then each claim's contrasts."""
+    want = MIN_SEEDS
     total = " ".join(["siamgrad reproduce claims", f"size={size}", f"seeds={seeds}", *(extra or [])])
     lines = [
         "# The seed papers' claims, measured", "",
@@ -584,15 +544,12 @@ def report(evaluated: list[ClaimResult], size: str, seeds: int, need: dict[str, 
         f"Everything below: `{total}` (finished runs are reused). Every per-seed value the contrasts read "
         "is kept in the `.csv` of the same name beside this file, so the report regenerates without the "
         "run folders.", "",
-        *_status(evaluated, want, carried), "",
+        *_status(evaluated, want), "",
         "| claim | paper's figure | contrasts (ours) | verdict | seeds |",
         "|---|---|---|---|---|",
     ]
     for r in evaluated:
         cl = r.claim
-        if cl.key in carried:
-            lines.append(carried[cl.key].row)
-            continue
         ours = "; ".join(f"{c.contrast.describe()}: {_fmt_iv(c)}" for c in r.contrasts) or "no contrast yet"
         v = _shown(r.verdict, want)
         lines.append(f"| ({cl.key}) {cl.statement} | {cl.paper_figure} ({cl.paper}, {cl.source}) | {ours} | "
@@ -600,12 +557,6 @@ def report(evaluated: list[ClaimResult], size: str, seeds: int, need: dict[str, 
     lines += ["", "## Claims one by one", ""]
     for r in evaluated:
         cl = r.claim
-        if cl.key in carried:
-            section = carried[cl.key].section.rstrip("\n")
-            if _CARRIED_MARK not in section:
-                section += "\n\n" + _CARRIED_MARK
-            lines += [section, ""]
-            continue
         lines += [f"### ({cl.key}) {cl.statement}", "",
                   f"{cl.paper}, {cl.source}: {cl.paper_figure}.", "",
                   f"Reading at this size: {cl.note}.", "",
