@@ -389,6 +389,7 @@ def _previous_rows(path: Path) -> list[dict]:
 
 
 def _cell(text: str) -> Any:
+    # int() and float() rather than config's YAML parsing, which reads "1e-05" back as a string
     if text == "":
         return None
     for kind in (int, float):
