@@ -174,8 +174,19 @@ def test_seeds_repeat_every_run_and_resume_without_retraining(tmp_path, monkeypa
     assert (md.parent / "results.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ConfigError, match="seed= and seeds= together"):
         reproduce.run_experiment("toy_seeds", ["seeds=2", "seed=4"], out_dir=str(tmp_path), log=False)
-    with pytest.raises(ConfigError, match="seeds=0 is not a positive whole number"):
-        reproduce.run_experiment("toy_seeds", ["seeds=0"], out_dir=str(tmp_path), log=False)
+    for bad in ("0", "3-2", "two", "-2", "1-"):
+        with pytest.raises(ConfigError, match=f"seeds={bad} is neither a count nor a range"):
+            reproduce.run_experiment("toy_seeds", [f"seeds={bad}"], out_dir=str(tmp_path), log=False)
+    # a range adds seeds 3 and 4 beside the three above, training only those
+    trained.clear()
+    md = reproduce.run_experiment("toy_seeds", ["seeds=3-4", "only=a"], out_dir=str(tmp_path), log=False)
+    assert trained == ["a-s3", "a-s4"]
+    rows = list(csv.DictReader(open(md.parent / "results.csv")))
+    assert sorted((r["run"], int(r["seed"])) for r in rows) == sorted(
+        [(x, k) for k in range(3) for x in ("a", "b")] + [("a", 3), ("a", 4)])
+    summary = {r["run"]: r for r in csv.DictReader(open(md.parent / "results_seeds.csv"))}
+    assert summary["a"]["seeds"] == "5" and summary["b"]["seeds"] == "3"
+    assert float(summary["a"]["knn_top1"]) == pytest.approx(stats.mean_interval([knn("a", k) for k in range(5)]).mean)
 
 
 def test_seeds_reuse_a_run_trained_before_as_seed_0(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@
     siamgrad analyze RUN                   plots + report.html of a run
     siamgrad analyze gradients CHECKPOINT_OR_RUN   gradient decomposition of every method, one batch
     siamgrad compare RUN RUN ... [--out DIR]
-    siamgrad reproduce NAME [size=cpu|paper] [only=RUN,RUN] [seeds=K] [key=value ...]
+    siamgrad reproduce NAME [size=cpu|paper] [only=RUN,RUN] [seeds=K|A-B] [key=value ...]
     siamgrad reproduce claims [size=cpu] [seeds=3] [train=false] [doc=docs/claims.md]
     siamgrad config [key=value ...]        print the resolved config
     siamgrad presets                       list the YAML presets

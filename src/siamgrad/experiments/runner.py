@@ -15,7 +15,8 @@ invocation wrote for runs this one does not train are kept, so ``only=a`` then `
 one table of both.
 
 ``seeds=K`` repeats every run with ``seed=0..K-1`` (the initialization, the data order and the
-augmentation draws) in ``OUT/NAME-SIZE/LABEL-sK``, all runs of seed 0 first; finished runs are
+augmentation draws) in ``OUT/NAME-SIZE/LABEL-sK``, all runs of seed 0 first; ``seeds=A-B`` with
+seeds ``A..B`` only (more seeds for runs whose first ones were trained elsewhere); finished runs are
 reused as without it, and seed 0 is the run ``OUT/NAME-SIZE/LABEL`` trained before without
 ``seeds=`` where that one has seed 0 and no ``LABEL-s0`` exists. The table then has a ``seed`` column, and ``results_seeds.csv`` (and a
 second table in ``results.md``) gives per run the number of seeds that finished, the mean kNN top-1
@@ -42,6 +43,7 @@ import csv
 import io
 import json
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -65,19 +67,21 @@ def _split_size(settings: list[str]) -> tuple[str, list[str]]:
     return size, rest
 
 
-def _split_seeds(settings: list[str]) -> tuple[int | None, list[str]]:
-    """``seeds=K``: repeat every run with seeds 0..K-1 (``None`` when absent)."""
+def _split_seeds(settings: list[str]) -> tuple[range | None, list[str]]:
+    """``seeds=K``: repeat every run with seeds 0..K-1; ``seeds=A-B``: with seeds A..B (``None`` when absent)."""
     seeds, rest = None, []
     for s in settings:
         if s.startswith("seeds="):
             v = s.partition("=")[2].strip()
-            if not v.isdigit() or int(v) < 1:
-                raise ConfigError(f"seeds={v} is not a positive whole number; give e.g. seeds=3")
-            seeds = int(v)
+            m = re.fullmatch(r"(\d+)(?:-(\d+))?", v)
+            seeds = None if m is None else (range(int(m[1])) if m[2] is None else range(int(m[1]), int(m[2]) + 1))
+            if not seeds:
+                raise ConfigError(f"seeds={v} is neither a count nor a range; give e.g. seeds=3 (seeds 0-2) "
+                                  f"or seeds=5-6 (seeds 5 and 6)")
         else:
             rest.append(s)
     if seeds is not None and "seed" in setting_keys(rest):
-        raise ConfigError("seed= and seeds= together; seeds=K already sets seed=0..K-1, drop seed=")
+        raise ConfigError("seed= and seeds= together; seeds= already sets each run's seed, drop seed=")
     return seeds, rest
 
 
@@ -251,7 +255,7 @@ def run_experiment(name: str, settings: list[str] | None = None, out_dir: str = 
     rows: list[dict] = []
     # with seeds: every run of seed 0, then of seed 1, ... (an early complete first pass)
     plan = ([(label, label, s, None) for label, s in runs] if seeds is None else
-            [(_seed_folder(root, label, k), label, [*s, f"seed={k}"], k) for k in range(seeds) for label, s in runs])
+            [(_seed_folder(root, label, k), label, [*s, f"seed={k}"], k) for k in seeds for label, s in runs])
     # an earlier invocation's rows for runs this one does not train stay in the table (only= adds up)
     planned = {(label, seed) for _, label, _, seed in plan}
     order = {label: i for i, (label, _) in enumerate(exp.runs_for(size))}
