@@ -147,10 +147,11 @@ class PeerDataset(torch.utils.data.Dataset):
 
 
 def peer_dataset(dataset: ImageDataset, n_views: int, preset: str = PRESET,
-                 scale: tuple[float, float] = SCALE) -> PeerDataset:
-    """The peer's dataset with the same recipe as ``build_augment(preset, ..., scale=scale)``."""
+                 scale: tuple[float, float] = SCALE, size: int | None = None) -> PeerDataset:
+    """The peer's dataset with the same recipe as ``build_augment(preset, size, ..., scale=scale)``
+    (``size``: the crops' side, default the images')."""
     mean, std = channel_stats(dataset)
-    recipes = build_augment(preset, dataset.image_size, n_views, mean=mean, std=std, scale=scale).view_recipes
+    recipes = build_augment(preset, size or dataset.image_size, n_views, mean=mean, std=std, scale=scale).view_recipes
     return PeerDataset(dataset, [peer_transform(r, mean, std) for r in recipes])
 
 

@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     scale = tuple(cfg.augment.scale) if cfg.augment.scale else SCALE
     feed = _Feed()
     peer.augment = feed  # the peer trainer's steps take the DataLoader's views
-    peer_ds = peer_dataset(peer.train_set, cfg.augment.n_views, preset=cfg.augment.preset, scale=scale)
+    peer_ds = peer_dataset(peer.train_set, cfg.augment.n_views, preset=cfg.augment.preset, scale=scale,
+                           size=ours.size)
     print(f"cifar10_cpu preset: {cfg.method['name']}, backbone {cfg.backbone}, batch {cfg.batch_size}, "
           f"{cfg.augment.n_views} views, {cfg.precision}{' + channels_last' if cfg.channels_last else ''}, "
           f"{len(ours.train_set)} training images, {ours.steps_per_epoch} steps/epoch, {args.threads} threads; "

@@ -61,8 +61,8 @@ CANDIDATES: dict[str, list[str]] = {
     "small_b128_e44": ["epochs=44", "batch_size=128", "eval.every=4"],
     # the same, cut to the epochs that fit in 10 minutes at batch 128's pace
     "small_b128_e34": ["epochs=34", "batch_size=128", "eval.every=4"],
-    # any CPU: train on 24 px crops (about 0.56 of the pixels, so of the convolutions' work) and
-    # evaluate at the images' 32 px, to fit the long schedules into fewer minutes
+    # any CPU: the model sees 24 px (crops and kNN sets alike, augment.size): 0.56 of the pixels,
+    # so of the convolutions' work, to fit the long schedules into fewer minutes
     "small_s24_e44": ["epochs=44", "augment.size=24", "eval.every=4"],
     "small_b128_s24_e44": ["epochs=44", "batch_size=128", "augment.size=24", "eval.every=4"],
 }
