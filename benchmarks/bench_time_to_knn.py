@@ -3,8 +3,8 @@
     python benchmarks/bench_time_to_knn.py            # target 35% kNN top-1, at most 8 epochs
     python benchmarks/bench_time_to_knn.py --quick    # target 33%, at most 3 epochs
 
-Both sides train the ``cifar10_cpu`` preset (UniGrad, small ResNet, 32 px, batch 256, 2 views,
-bf16 autocast + channels_last) on the CIFAR-10 subset, from the same initialization (same seed),
+Both sides train the ``cifar10_cpu`` preset (UniGrad, small ResNet, 24 px, batch 128, 2 views,
+bf16 autocast + channels_last; ``--set`` changes any of it) on the CIFAR-10 subset, from the same initialization (same seed),
 with :class:`siamgrad.train.loop.Trainer`'s own step (learning-rate schedule, autocast, backward,
 optimizer, momentum update). They differ in where the views come from:
 

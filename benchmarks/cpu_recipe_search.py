@@ -5,7 +5,8 @@
     python benchmarks/cpu_recipe_search.py --table-only --plot docs/img/cpu_recipe_frontier.png
     python benchmarks/cpu_recipe_search.py --only small_e20 --seeds 3    # seeds 0, 1, 2 of one candidate
 
-Each candidate is ``siamgrad train preset=cifar10_cpu data.root=SUBSET`` with its own overrides,
+Each candidate is ``siamgrad train preset=cifar10_cpu data.root=SUBSET epochs=20 batch_size=256
+augment.size=32`` (the preset before this search chose ``small_b128_s24_e44`` for it) with its own overrides,
 trained into ``--out/NAME`` (a finished run is reused, an interrupted one resumes), with kNN on the
 test split every ``--eval-every`` epochs for the accuracy-vs-time curve. Then
 ``siamgrad eval knn RUN --split val`` scores it on a validation split carved from the training
@@ -32,10 +33,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-subset"
 
-BASE = ["preset=cifar10_cpu", "diag.gradients=false", "diag.report=false", "diag.collapse=warn",
-        "eval.online_probe=false", "progress=false"]
+# The search's starting point is the preset as it was before the search chose it: 20 epochs at
+# batch 256 on 32 px (every candidate names what it changes)
+BASE = ["preset=cifar10_cpu", "epochs=20", "batch_size=256", "augment.size=32", "diag.gradients=false",
+        "diag.report=false", "diag.collapse=warn", "eval.online_probe=false", "progress=false"]
 
-# name -> overrides of the preset (UniGrad, 32 px), each sized to about 10 minutes of training on
+# name -> overrides of the starting point (UniGrad, 32 px), each sized to about 10 minutes of training on
 # one of the two 2-core CPUs of docs/results.md: the first group for a CPU without native bf16
 # (fp32), the second for one with AVX512-BF16 (bf16 autocast, several times faster there)
 CANDIDATES: dict[str, list[str]] = {
@@ -50,10 +53,10 @@ CANDIDATES: dict[str, list[str]] = {
     "tiny_b128_e36": ["backbone=tiny", "epochs=36", "batch_size=128", "eval.every=3"],
     "tiny_b128_v4_e18": ["backbone=tiny", "epochs=18", "batch_size=128", "augment.n_views=4", "eval.every=3"],
     # native bf16
-    "small_e20": ["eval.every=4"],  # the preset as it is
+    "small_e20": ["eval.every=4"],  # the starting point as it is
     "small_e28": ["epochs=28", "eval.every=4"],
     "small_b128_e20": ["epochs=20", "batch_size=128", "eval.every=4"],
-    # native bf16 with AMX: the preset's epoch is about twice as fast again, so 10 minutes hold
+    # native bf16 with AMX: the starting point's epoch is about twice as fast again, so 10 minutes hold
     # about 44 epochs of 2 views or 20 of 4
     "small_e44": ["epochs=44", "eval.every=4"],
     "small_v4_e20": ["epochs=20", "augment.n_views=4", "eval.every=4"],

@@ -307,3 +307,15 @@ def test_only_adds_to_the_table_an_earlier_only_wrote(tmp_path, monkeypatch):
     reproduce.run_experiment("toy_add", ["only=c", "seeds=2"], out_dir=str(tmp_path), log=False)
     rows = list(csv.DictReader(open(md.parent / "results.csv")))
     assert sorted((r["run"], r["seed"]) for r in rows) == [("a", "0"), ("a", "1"), ("c", "0"), ("c", "1")]
+
+
+def test_cpu_grids_keep_the_shape_docs_claims_csv_was_measured_at():
+    """The CPU grids pin batch 256 and 32 px views: docs/claims.csv's seeds were trained so, and a
+    new seed must pair with them, whatever the cifar10_cpu preset's own recipe."""
+    assert build_config(["preset=cifar10_cpu"]).augment.size != 32  # the pin is what keeps 32 here
+    for name, exp in {**grids.EXPERIMENTS, **grids.CLAIM_GRIDS}.items():
+        if "preset=cifar10_cpu" not in exp.sizes["cpu"]:
+            continue
+        for label, s in exp.runs_for("cpu"):
+            cfg = build_config([*exp.sizes["cpu"], *s])
+            assert (cfg.batch_size, cfg.augment.size) == (256, 32), (name, label)

@@ -76,9 +76,9 @@ class Experiment:
 # end, diagnostics without the (costly) gradient decomposition, a detected collapse reported rather
 # than stopping the grid (collapse is a result here), no per-run report (`siamgrad analyze RUN`
 # writes it later). Sized so that a grid fits in half an hour on 2 cores (docs/experiments.md).
-# The batch every CPU grid and docs/claims.csv were measured at, whatever the preset's.
-_CPU_BATCH = "batch_size=256"
-_CPU = ["preset=cifar10_cpu", f"data.root={SUBSET}", _CPU_BATCH, "eval.every=0", "diag.gradients=false",
+# The batch and image side every CPU grid and docs/claims.csv were measured at, whatever the preset's.
+_CPU_SHAPE = ["batch_size=256", "augment.size=32"]
+_CPU = ["preset=cifar10_cpu", f"data.root={SUBSET}", *_CPU_SHAPE, "eval.every=0", "diag.gradients=false",
         "diag.collapse=warn", "diag.report=false"]
 # the paper sizes: kNN every 10 epochs, a collapse reported, not fatal
 _PAPER = ["eval.every=10", "diag.collapse=warn"]
@@ -286,7 +286,7 @@ EXPERIMENTS: dict[str, Experiment] = {
     "methods": Experiment(
         "every method's original loss with the same backbone, data and budget (kNN top-1)",
         sizes={
-            "cpu": ["preset=cifar10_cpu", f"data.root={SUBSET}", _CPU_BATCH, "epochs=10", "eval.every=0"],
+            "cpu": ["preset=cifar10_cpu", f"data.root={SUBSET}", *_CPU_SHAPE, "epochs=10", "eval.every=0"],
             "paper": ["preset=cifar10_resnet18", "epochs=200"],
         },
         runs={"cpu": _METHOD_RUNS_CPU, "paper": _PAPER_METHOD_RUNS},
