@@ -1,7 +1,9 @@
 """The benchmark scripts run end to end on a tiny dataset (their figures are not checked here)."""
 
+import re
 import sys
 from pathlib import Path
+
 
 from test_data import write_cifar10_python
 
@@ -14,12 +16,18 @@ def test_time_to_knn_trains_both_sides_and_prints_the_ratio(tmp_path, capsys):
     write_cifar10_python(tmp_path / "cifar-10-batches-py", sizes=(16, 16, 16, 16, 16), n_test=16)
     tiny = ["backbone=tiny", "batch_size=16", "eval.knn_k=5", "method.proj_hidden_dim=32",
             "method.proj_output_dim=16"]
-    rc = bench_time_to_knn.main(["--data-root", str(tmp_path), "--target", "0", "--max-epochs", "1",
+    rc = bench_time_to_knn.main(["--data-root", str(tmp_path), "--target", "101", "0", "--max-epochs", "2",
                                  "--threads", "1", "--workers", "0", *(x for s in tiny for x in ("--set", s))])
     out = capsys.readouterr().out
     assert rc == 0
-    assert "epoch 1 siamgrad: kNN" in out and "epoch 1 peer: kNN" in out
-    assert "time_ratio=" in out and "time_ratio=nan" not in out
+    assert "epoch 2 siamgrad: kNN" in out and "epoch 2 peer: kNN" in out
+    # 0% is reached at the first epoch, 101% never: the run goes on to --max-epochs
+    assert "siamgrad: did not reach 101.0% in 2 epochs" in out
+    assert re.search(r"^time_ratio@0=\d+\.\d\d$", out, re.M) and "time_ratio=nan" in out
+    sides = {m[0]: float(m[1]) for m in re.findall(r"^epoch 2 (\w+): kNN .* after ([\d.]+) s", out, re.M)}
+    ratio = float(re.search(r"epoch_ratio=([\d.]+)", out)[1])
+    p, a = sides["peer"], sides["siamgrad"]  # printed to 0.1 s: the ratio lies within their rounding
+    assert (p - 0.05) / (a + 0.05) - 0.005 <= ratio <= (p + 0.05) / max(a - 0.05, 1e-3) + 0.005
 
 
 def test_seed_spread_scores_each_run_as_eval_knn_does_and_splits_their_spread(tmp_path, capsys):
