@@ -6,8 +6,8 @@
 
 Both sides train the ``cifar10_cpu`` preset (UniGrad, small ResNet, 24 px, batch 128, 2 views,
 bf16 autocast + channels_last; ``--set`` changes any of it) on the CIFAR-10 subset, from the same
-initialization (same seed), with :class:`siamgrad.train.loop.Trainer`'s own step (learning-rate schedule, autocast, backward,
-optimizer, momentum update). They differ in where the views come from:
+initialization (same seed), with :class:`siamgrad.train.loop.Trainer`'s own step (learning-rate
+schedule, autocast, backward, optimizer, momentum update). They differ in where the views come from:
 
 * **siamgrad**: the Trainer's pipeline -- uint8 images in memory, batched augmentation;
 * **peer**: torchvision's per-image transforms on PIL images in a ``DataLoader`` with 2 workers
@@ -108,9 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     clock = {k: 0.0 for k in sides}
     curve: dict[str, list[tuple[int, float, float]]] = {k: [] for k in sides}  # (epoch, seconds, kNN)
     eval_s = 0.0
+
+    def done(name: str) -> bool:  # the side's last kNN reached every target
+        return bool(curve[name]) and curve[name][-1][2] >= top
+
     for e in range(epochs):
         for name, (tr, run_epoch) in sides.items():
-            if curve[name] and curve[name][-1][2] >= top:  # this side is done: every target reached
+            if done(name):
                 continue
             t0 = time.perf_counter()
             run_epoch(e)
@@ -121,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             curve[name].append((e + 1, clock[name], acc))
             print(f"epoch {e + 1} {name}: kNN {acc:.2f}% after {clock[name]:.1f} s of training "
                   f"({tr.step} steps)", flush=True)
-        if all(c and c[-1][2] >= top for c in curve.values()):
+        if all(done(name) for name in sides):
             break
     print(f"(evaluation took {eval_s:.1f} s, not counted)")
     for target in targets:
