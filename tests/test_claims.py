@@ -2,6 +2,7 @@
 SciPy (or a hand-worked example), verdicts from their numbers, resumable grids with seeds."""
 
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -251,34 +252,90 @@ def test_verdict_follows_from_the_interval_and_the_tolerance():
     assert C.combine([C.HOLDS, C.NOT_MEASURED]) == C.NOT_MEASURED and C.combine([]) == C.NOT_MEASURED
 
 
-def test_seeds_to_settle_an_inconclusive_contrast_match_scipy():
-    """The seed count whose t half-width first falls below the distance from the mean to the
-    tolerance it straddles, checked against SciPy's t quantiles at n and n - 1."""
+def test_detectable_difference_by_hand_and_against_scipy():
+    """(t_{0.975, n-1} + t_{0.8, n-1}) * sd / sqrt(n): n = 3, sd 1.17 (the 4-epoch size's median paired
+    sd) by hand from the t table (4.303 and 1.061), and the quantiles against SciPy at other n."""
+    assert stats.detectable_difference(1.17, 3) == pytest.approx((4.302653 + 1.060660) * 1.17 / math.sqrt(3), rel=1e-5)
+    assert stats.detectable_difference(1.17, 3) == pytest.approx(3.6229, abs=1e-4)
     scipy_stats = pytest.importorskip("scipy.stats")
-
-    def half(sd, n):
-        return scipy_stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
-
-    for sd, margin in ((1.0, 0.5), (2.4, 0.3), (0.7, 2.0), (3.0, 0.3)):
-        n = stats.seeds_for_margin(sd, margin)
-        assert n is not None and half(sd, n) < margin and (n == 2 or half(sd, n - 1) >= margin)
-    assert stats.seeds_for_margin(5.0, 0.01) is None and stats.seeds_for_margin(1.0, 0.0) is None
-    # alike, tol 1: mean 0.4 straddling 1 (interval [-0.6, 1.4]) needs a half-width under 0.6
+    for sd, n in ((1.0, 2), (0.5, 5), (2.4, 9), (1.0, 16)):
+        t = scipy_stats.t.ppf(0.975, n - 1) + scipy_stats.t.ppf(0.8, n - 1)
+        assert stats.detectable_difference(sd, n) == pytest.approx(t * sd / math.sqrt(n), rel=1e-9)
+    # more seeds detect smaller differences; a smaller spread too
+    assert stats.detectable_difference(1.0, 10) < stats.detectable_difference(1.0, 5) < stats.detectable_difference(1.0, 3)
+    with pytest.raises(ConfigError, match="at least 2 seeds"):
+        stats.detectable_difference(1.0, 1)
+    # a contrast shows it from its paired sd; a ratio's on the log scale
     res = _results({"a": [0.4 + d for d in (-1.0, 0.0, 1.0)], "b": [0.0, 0.0, 0.0]})
     r = C.evaluate_contrast(C.Contrast("g", "a", "b", "alike", 1.0), res)
-    assert r.verdict == C.INCONCLUSIVE and C.seeds_to_settle(r) == stats.seeds_for_margin(1.0, 0.6)
-    # greater than 0 with mean -0.2: the margin is 0.2
-    res = _results({"a": [-0.2 + d for d in (-1.0, 0.0, 1.0)], "b": [0.0, 0.0, 0.0]})
-    r = C.evaluate_contrast(C.Contrast("g", "a", "b", "greater", 0.0), res)
-    assert C.seeds_to_settle(r) == stats.seeds_for_margin(1.0, 0.2)
-    # a ratio against 1 on the log scale: per-seed log ratios log 2 + (-0.5, 0, 0.5)
+    assert r.verdict == C.INCONCLUSIVE and r.detectable == pytest.approx(stats.detectable_difference(1.0, 3))
     res = _results({"a": [2 * math.exp(d) for d in (-0.5, 0.0, 0.5)], "b": [1.0, 1.0, 1.0]})
     r = C.evaluate_contrast(C.Contrast("g", "a", "b", "greater", 1.0, ratio=True), res)
-    assert r.verdict == C.INCONCLUSIVE
-    assert C.seeds_to_settle(r) == stats.seeds_for_margin(0.5, math.log(2))
-    with pytest.raises(ConfigError, match="inconclusive"):
-        held = _results({"a": [5.0, 5.1, 4.9], "b": [0.0, 0.0, 0.0]})
-        C.seeds_to_settle(C.evaluate_contrast(C.Contrast("g", "a", "b", "greater", 0.0), held))
+    assert r.detectable == pytest.approx(stats.detectable_difference(0.5, 3))
+    assert "ratio beyond ×" in C._fmt_detectable(r)
+
+
+def _floored(values, raw=35.0, rand=30.0):
+    """As :func:`_results`, with the grid's first run carrying the baselines at every seed."""
+    res = _results(values)
+    first = next(iter(values))
+    for row in res[("g", first)].values():
+        row.update(raw_pixel_knn=raw, random_init_knn=rand)
+    return res
+
+
+def test_the_floor_guard_turns_a_contrast_of_unlearned_runs_into_below_floor():
+    floor = C.Floor(margin=5.0)
+    # both runs at least 5 points above the best baseline (raw pixels 35): the interval's verdict stands
+    res = _floored({"a": [45.0, 46.0, 44.0], "b": [41.0, 41.5, 40.0]})
+    r = C.evaluate_contrast(C.Contrast("g", "a", "b", "greater", 0.0), res, seeds=range(3), floor=floor)
+    assert r.verdict == C.HOLDS and [f.clears(5.0) for f in r.floors] == [True, True]
+    assert r.floors[1].value == pytest.approx((41.0 + 41.5 + 40.0) / 3) and r.floors[1].baseline == 35.0
+    # b is only 4 points above raw pixels: below floor, whatever the interval says
+    res = _floored({"a": [45.0, 46.0, 44.0], "b": [39.0, 39.5, 38.5]})
+    r = C.evaluate_contrast(C.Contrast("g", "a", "b", "greater", 0.0), res, seeds=range(3), floor=floor)
+    assert r.interval.low > 0 and r.verdict == C.BELOW_FLOOR
+    assert "b 39.00 vs 40.00 (BELOW)" in C._fmt_floor(r)
+    # the random-init encoder is the floor when it is the higher baseline
+    res = _floored({"a": [45.0, 46.0, 44.0], "b": [41.0, 41.5, 40.0]}, raw=30.0, rand=37.0)
+    r = C.evaluate_contrast(C.Contrast("g", "a", "b", "greater", 0.0), res, seeds=range(3), floor=floor)
+    assert r.verdict == C.BELOW_FLOOR and r.floors[1].baseline == 37.0
+    # no baseline recorded: no verdict
+    r = C.evaluate_contrast(C.Contrast("g", "a", "b", "greater", 0.0),
+                            _results({"a": [45.0, 46.0, 44.0], "b": [41.0, 41.5, 40.0]}), seeds=range(3), floor=floor)
+    assert r.verdict == C.NOT_MEASURED and "floor not recorded" in C._fmt_floor(r)
+    # a collapse contrast floors its control only: the collapsed run may sit at the random-init level
+    res = _floored({"ctrl": [45.0, 46.0, 44.0], "dead": [31.0, 30.0, 30.5]})
+    for row, rank in ((res[("g", "ctrl")], 40.0), (res[("g", "dead")], 6.0)):
+        for seed in row:
+            row[seed]["eff_rank"] = rank + seed
+    c = C.Contrast("g", "dead", "ctrl", "less", 0.5, "eff_rank", ratio=True, floor=("b",))
+    r = C.evaluate_contrast(c, res, seeds=range(3), floor=floor)
+    assert [f.run for f in r.floors] == ["ctrl"] and r.verdict == C.HOLDS
+    # combining: a failing contrast fails the claim; below floor beats holds; missing seeds beat below floor
+    assert C.combine([C.HOLDS, C.BELOW_FLOOR]) == C.BELOW_FLOOR
+    assert C.combine([C.FAILS, C.BELOW_FLOOR, C.NOT_MEASURED]) == C.FAILS
+    assert C.combine([C.BELOW_FLOOR, C.NOT_MEASURED]) == C.NOT_MEASURED
+
+
+def test_a_verdict_reads_exactly_the_registered_seeds_and_later_ones_confirm_apart():
+    # seeds 0-2 say b is better; seeds 3-5, added later, say a is: the verdict stays with 0-2
+    a = [40.0, 40.5, 39.5, 48.0, 47.0, 49.0]
+    b = [42.0, 42.5, 41.0, 41.0, 40.0, 41.5]
+    res = _floored({"base": [30.0] * 6, "a": a, "b": b}, raw=30.0, rand=20.0)
+    claim = C.Claim("x", "P", "a beats b", (C.Contrast("g", "a", "b", "greater", 0.0),), "fig", "T", "n", seeds=3)
+    (r,) = C.evaluate([claim], res, size="toy")
+    assert r.registered == 3 and r.contrasts[0].seeds == [0, 1, 2]
+    d = stats.paired_difference(a[:3], b[:3])
+    assert r.contrasts[0].interval.mean == pytest.approx(d.mean) and r.verdict == C.FAILS
+    assert r.confirmation[0].seeds == [3, 4, 5] and r.confirmation_verdict == C.HOLDS
+    # fewer than the registered seeds: not measured, even with an interval clear of the tolerance
+    claim5 = dataclasses.replace(claim, seeds=5)
+    short = {k: {s: row for s, row in v.items() if s < 4} for k, v in res.items()}
+    (r,) = C.evaluate([claim5], short, size="toy")
+    assert r.contrasts[0].seeds == [0, 1, 2, 3] and r.verdict == C.NOT_MEASURED and r.confirmation == []
+    # a size whose count was fixed for all claims by its first pass
+    assert C.SIZE_SEEDS["cpu"] == 3 and claim5.registered("cpu") == 3 and claim5.registered("other") == 5
 
 
 def _results(values):
@@ -360,23 +417,24 @@ def test_reproduce_claims_trains_what_they_need_and_writes_the_verdicts(tmp_path
     assert sorted(trained) == sorted(f"{r}-s{k}" for r in ("base", "good", "same") for k in range(3))  # no 'spare'
     text = doc.read_text()
     row = {line.split(")")[0][3:]: line for line in text.splitlines() if line.startswith("| (")}
-    assert "| holds | 3 |" in row["x"] and "| holds | 3 |" in row["y"] and "| fails | 3 |" in row["z"]
-    assert "| no contrast yet | not yet measured at 3 seeds | 0 |" in row["w"]
+    # the fake runs clear the floor: raw pixels 30, random-init 20, kNN 40 and up
+    assert "| holds | 3 of 3 |" in row["x"] and "| holds | 3 of 3 |" in row["y"] and "| fails | 3 of 3 |" in row["z"]
+    assert "| no contrast yet | not yet measured at 3 seeds | 0 of 3 |" in row["w"]
     assert "+3.00 [+3.00, +3.00] (n=3)" in row["x"]  # the seeds move both runs alike: a constant difference
     assert "siamgrad reproduce toy_claims size=cpu seeds=3 only=good,base" in text
-    assert "Status: 3 of 4 claims have a verdict from at least 3 seeds." in text
-    assert "* holds: (x), (y)" in text and "* fails: (z)" in text and "* not yet measured at 3 seeds: (w)" in text
+    assert "Status: 3 of 4 claims have a verdict from runs above the floor at their registered seeds." in text
+    assert "* holds: (x), (y)" in text and "* fails: (z)" in text and "* not measured: (w)" in text
     # again: everything is reused, nothing retrains
     n = len(trained)
     C.run_claims(["size=cpu", "seeds=3", f"doc={doc}"], out_dir=out, log=False, claims=claims)
     assert len(trained) == n
     # train=false reads what is there and trains nothing
     C.run_claims(["size=cpu", "seeds=1", f"doc={doc}", "train=false"], out_dir=out, log=False, claims=claims)
-    assert len(trained) == n and "| holds | 3 |" in doc.read_text()
-    # one seed per run: every verdict waits for 3
+    assert len(trained) == n and "| holds | 3 of 3 |" in doc.read_text()
+    # one seed per run: every verdict waits for the registered 3
     one = {k: {0: v[0]} for k, v in C.load_results(out, "cpu", ["toy_claims"]).items()}
-    text = C.report(C.evaluate(claims, one), "cpu", 3, C.claim_runs(claims))
-    assert text.count("| not yet measured at 3 seeds | 1 |") == 3 and "+3.00 (1 seed)" in text
+    text = C.report(C.evaluate(claims, one, size="cpu"), "cpu", C.claim_runs(claims))
+    assert text.count("| not yet measured at 3 seeds | 1 of 3 |") == 3 and "+3.00 (1 seed)" in text
     with pytest.raises(ConfigError, match="only= does not apply"):
         C.run_claims(["only=a"], out_dir=out, log=False, claims=claims)
 
@@ -404,6 +462,8 @@ def test_reproduce_claims_on_the_real_registry_trains_each_named_run_once(tmp_pa
     text = doc.read_text()
     assert all(f"| ({k}) " in text for k in "abcdefghijklmno")
     assert text.count("not yet measured at 3 seeds") >= 15  # one seed: no verdict anywhere
+    # the collapse claim's controls are trained beside the collapsed runs
+    assert {"byol-predictor", "simsiam-predictor"} <= set(need["claims_collapse"])
 
 
 def test_the_claims_own_grid_runs_from_the_command_its_report_prints(monkeypatch, capsys):
@@ -457,10 +517,29 @@ def test_minutes_to_a_knn_target_read_from_the_run_curves(tmp_path):
     assert C._value(res[("speedy", "fast")][0], "minutes_to_knn@35") == pytest.approx(1.0)
 
 
-def test_each_size_has_its_own_claims_report():
-    assert C._split([])[3] == "docs/claims.md"
-    assert C._split(["size=gpu_subset"])[3] == "docs/claims_gpu_subset.md"
-    assert C._split(["size=gpu_subset", "doc=/tmp/x.md"])[3] == "/tmp/x.md"
+def test_each_size_has_its_own_claims_report_written_into_docs_only_from_the_checkout(tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    assert C.default_doc("cpu", "runs/reproduce", cwd=repo) == repo / "docs" / "claims.md"
+    # elsewhere (or a size without evidence in docs/) the report goes beside the runs, never ./docs
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "claims.csv").write_text("a user's file\n")
+    assert C.default_doc("cpu", tmp_path / "runs", cwd=tmp_path) == tmp_path / "runs" / "claims.md"
+    assert C.default_doc("paper", "out", cwd=repo) == Path("out") / "claims_paper.md"
+    assert C._split(["size=paper", "doc=/tmp/x.md"])[3] == "/tmp/x.md"
+
+
+def test_reproduce_claims_from_another_folder_touches_nothing_there_and_says_it_found_no_runs(
+        tmp_path, monkeypatch, capsys):
+    from siamgrad import cli
+
+    (tmp_path / "docs").mkdir()
+    notes = tmp_path / "docs" / "claims.md"
+    notes.write_text("my notes\n")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["reproduce", "claims", "size=cpu", "train=false"]) == 2
+    err = capsys.readouterr().err
+    assert "no runs of the claims found under 'runs/reproduce' for size=cpu" in err and len(err.splitlines()) == 1
+    assert notes.read_text() == "my notes\n" and sorted(p.name for p in (tmp_path / "docs").iterdir()) == ["claims.md"]
 
 
 def test_the_report_regenerates_from_its_evidence_file_without_the_run_folders(tmp_path, monkeypatch):
@@ -483,11 +562,15 @@ def test_the_report_regenerates_from_its_evidence_file_without_the_run_folders(t
     # the values the runs wrote, by seed, read back independently of the evidence file
     rows = {(r["run"], int(r["seed"])): float(r["knn_top1"])
             for r in csv.DictReader((out / "toy_evidence-cpu" / "results.csv").open())}
-    assert evidence == {("toy_evidence", run, seed, "knn_top1"): v for (run, seed), v in rows.items()}
+    knn = {k: v for k, v in evidence.values.items() if k[3] == "knn_top1"}
+    assert knn == {("toy_evidence", run, seed, "knn_top1"): v for (run, seed), v in rows.items()}
+    # the floor's baselines and each run's provenance travel with the values
+    assert evidence.values[("toy_evidence", "base", 0, "raw_pixel_knn")] == 30.0
+    assert evidence.provenance[("toy_evidence", "good", 2)]["torch"]
     shutil.rmtree(out)  # a fresh checkout: no run folders
     C.run_claims(["seeds=3", f"doc={doc}", "train=false"], out_dir=str(out), log=False, claims=claims)
-    assert doc.read_text() == first and "| holds | 3 |" in first and len(trained) == 6
+    assert doc.read_text() == first and "| holds | 3 of 3 |" in first and len(trained) == 6
     # a malformed evidence file is named, with the fix
     (tmp_path / "claims.csv").write_text("grid,run\nx,y\n")
-    with pytest.raises(ConfigError, match="claims.csv: expected the columns grid,run,seed,metric,value"):
+    with pytest.raises(ConfigError, match="claims.csv: expected the columns grid,run,seed,metric,value,commit"):
         C.run_claims(["train=false", f"doc={doc}"], out_dir=str(out), log=False, claims=claims)

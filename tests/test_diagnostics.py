@@ -164,6 +164,23 @@ def test_predictor_alignment_rotated_predictor_is_lower_and_matches_numpy():
     assert dg.predictor_alignment(wp, f, k=3) == pytest.approx(float(np.mean([cos[j] for j in order])), rel=1e-9)
 
 
+def test_chance_alignment_scores_a_random_basis_and_separates_a_function_of_f():
+    """The chance level re-derived in numpy over the same seeded orthonormal basis; a predictor that is a
+    function of F scores 1 against F and less by chance, while the identity scores 1 against any basis."""
+    from siamgrad.diagnostics.features import chance_alignment
+
+    f = _random_psd(10, 13)
+    wp = f @ f + 0.1 * torch.eye(10, dtype=torch.float64)
+    got = chance_alignment(wp, f, seed=3)
+    g = torch.Generator().manual_seed(3)
+    q = np.linalg.qr(torch.randn(10, 10, generator=g, dtype=torch.float64).numpy())[0]  # k = 10: full rank
+    w = wp.numpy()
+    expect = np.mean([q[:, j] @ w @ q[:, j] / np.linalg.norm(w @ q[:, j]) for j in range(10)])
+    assert got == pytest.approx(float(expect), rel=1e-9)  # a column's sign does not change its cosine
+    assert dg.predictor_alignment(wp, f) == pytest.approx(1.0, abs=1e-10) and got < 0.95
+    assert chance_alignment(torch.eye(10, dtype=torch.float64), f) == pytest.approx(1.0, abs=1e-12)
+
+
 def test_predictor_alignment_ignores_null_space_by_default():
     # F of rank 3 in R^8; the predictor is a function of F on its range and arbitrary on the null space
     g = torch.Generator().manual_seed(12)

@@ -42,6 +42,7 @@ __all__ = [
     "uniformity",
     "per_dim_std",
     "predictor_alignment",
+    "chance_alignment",
     "feature_stats",
     "diag_record",
     "DIAG_PREFIX",
@@ -213,12 +214,36 @@ def predictor_alignment(wp: Tensor, f: Tensor, k: int | None = None, rel_tol: fl
     if k is None:
         k = int((s > rel_tol * s[0].clamp_min(torch.finfo(s.dtype).tiny)).sum().clamp_min(1))
     k = max(1, min(int(k), s.numel()))
-    phi = vecs[:, :k]  # [D, k] columns phi_j
+    return _mean_cosine(w, vecs[:, :k])
+
+
+def _mean_cosine(w: Tensor, phi: Tensor) -> float:
+    """The mean over the columns ``phi_j`` of ``cos(W phi_j, phi_j)`` (0 for a column W maps to 0)."""
     w_phi = w @ phi
     num = (phi * w_phi).sum(dim=0)
     den = w_phi.norm(dim=0)
     cos = torch.where(den > 0, num / den.clamp_min(torch.finfo(den.dtype).tiny), torch.zeros_like(num))
     return float(cos.mean())
+
+
+def chance_alignment(wp: Tensor, f: Tensor, rel_tol: float = 1e-6, seed: int = 0) -> float:
+    """:func:`predictor_alignment` with ``F``'s top eigenvectors replaced by as many directions of a
+    random orthonormal basis (seeded): the score a predictor gets whatever ``F`` is.
+
+    A predictor near a multiple of the identity scores near 1 against any basis, so alignment with
+    ``F`` means something only above this chance level.
+
+    >>> chance_alignment(torch.eye(4), torch.diag(torch.tensor([3.0, 2.0, 1.0, 0.0])))
+    1.0
+    """
+    w, m = _f64(wp), _f64(f)
+    if w.ndim != 2 or w.shape[0] != w.shape[1] or w.shape != m.shape:
+        raise SiamgradError(f"wp and f must be square matrices of the same shape, got {tuple(w.shape)} and {tuple(m.shape)}")
+    s = torch.linalg.eigvalsh(0.5 * (m + m.T)).flip(0)
+    k = int((s > rel_tol * s[0].clamp_min(torch.finfo(s.dtype).tiny)).sum().clamp_min(1))
+    gen = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(w.shape[0], k, generator=gen, dtype=w.dtype))
+    return _mean_cosine(w, q.to(w.device))
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,6 +314,7 @@ def diag_record(z1: Tensor, z2: Tensor | None = None, *, spectrum: bool = True,
     if correlation is not None:
         if predictor is not None:
             rec[DIAG_PREFIX + "pred_align"] = predictor_alignment(predictor, correlation)
+            rec[DIAG_PREFIX + "pred_align_chance"] = chance_alignment(predictor, correlation)
         if spectrum:
             rec[DIAG_PREFIX + "F_spectrum"] = [float(v) for v in matrix_spectrum(correlation)]
     return rec

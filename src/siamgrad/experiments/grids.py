@@ -414,10 +414,13 @@ def with_gpu_subset(exp: Experiment) -> Experiment:
 
 CLAIM_GRIDS: dict[str, Experiment] = {
     "claims_collapse": Experiment(
-        "BYOL and SimSiam without a predictor (DirectPred's collapse claim), 4 epochs as the directpred grid",
+        "BYOL and SimSiam without a predictor (DirectPred's collapse claim) beside the same methods with their "
+        "predictors (the controls), 4 epochs as the directpred grid",
         sizes={"cpu": [*_CPU, "epochs=4"], "paper": ["preset=stl10_resnet18", *_PAPER]},
         runs=[("byol-no_predictor", ["method=byol", "method.pred_layers=0", "method.momentum=0.99"]),
-              ("simsiam-no_predictor", ["method=simsiam", "method.pred_layers=0"])],
+              ("simsiam-no_predictor", ["method=simsiam", "method.pred_layers=0"]),
+              ("byol-predictor", _CPU_OPTS["byol"]),
+              ("simsiam-predictor", _CPU_OPTS["simsiam"])],
         columns=["method.pred_layers"],
     ),
     "claims_speed": Experiment(

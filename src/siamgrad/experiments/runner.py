@@ -50,7 +50,9 @@ from typing import Any
 
 from siamgrad.checkpoint import atomic_write_bytes, atomic_write_text
 from siamgrad.errors import ConfigError, TrainingError
-from siamgrad.experiments.grids import Experiment, find
+from siamgrad.experiments.grids import Experiment, Runs, find
+from siamgrad.experiments.provenance import FIELDS as PROVENANCE_FIELDS
+from siamgrad.experiments.provenance import provenance
 from siamgrad.experiments.stats import mean_interval
 
 # --------------------------------------------------------------------------------------------
@@ -182,6 +184,38 @@ def _last_eff_rank(run_dir: Path) -> float | None:
     return float(ranks[-1]) if ranks else None
 
 
+def _baseline_first(runs: Runs) -> Runs:
+    """``runs`` with the random-init baseline on in the first one: a grid computes it in its first run
+    only (:func:`~siamgrad.experiments.grids._baseline_once`), which ``only=`` may leave out, and every
+    contrast's floor needs it beside the raw pixels."""
+    return [(label, [x for x in s if x != "eval.random_baseline=false"] if i == 0 else s)
+            for i, (label, s) in enumerate(runs)]
+
+
+def run_scores(run_dir: Path, step: int) -> dict[str, float | None]:
+    """``val_knn`` (kNN top-1 on the validation split carved from the training images, where settings
+    are chosen) and ``linear_top1`` (the linear probe on the test split) of the run's final backbone.
+
+    Cached in ``scores.json`` for ``step``; ``None`` each when the data is gone or has no labels.
+    """
+    from siamgrad.errors import SiamgradError
+    from siamgrad.eval.checkpoint import evaluate_checkpoint
+
+    cache = run_dir / "scores.json"
+    if cache.is_file():
+        saved = json.loads(cache.read_text())
+        if saved.get("step") == step:
+            return {k: saved.get(k) for k in ("val_knn", "linear_top1")}
+    try:
+        val = evaluate_checkpoint("knn", str(run_dir), split="val", baselines=False, write=False)["knn_top1"]
+        lin = evaluate_checkpoint("linear", str(run_dir), split="test", baselines=False, write=False)
+    except SiamgradError:
+        return {"val_knn": None, "linear_top1": None}
+    scores = {"val_knn": val, "linear_top1": lin.get("linear_test_top1")}
+    atomic_write_text(cache, json.dumps({"step": step, **scores}))
+    return scores
+
+
 def full_train_knn(run_dir: Path, step: int) -> float | None:
     """kNN top-1 of the run's final backbone with the whole labeled training split as the bank.
 
@@ -233,7 +267,7 @@ def run_experiment(name: str, settings: list[str] | None = None, out_dir: str = 
     ``name``, :func:`~siamgrad.experiments.grids.find`).
     """
     from siamgrad.config import build_config
-    from siamgrad.train.loop import train
+    from siamgrad.train.loop import StepsMismatch, train
 
     if exp is None:
         exp = find(name)
@@ -254,17 +288,20 @@ def run_experiment(name: str, settings: list[str] | None = None, out_dir: str = 
     root = Path(out_dir) / f"{name}-{size}"
     rows: list[dict] = []
     # with seeds: every run of seed 0, then of seed 1, ... (an early complete first pass)
-    plan = ([(label, label, s, None) for label, s in runs] if seeds is None else
-            [(_seed_folder(root, label, k), label, [*s, f"seed={k}"], k) for k in seeds for label, s in runs])
+    plan = ([(label, label, s, None) for label, s in _baseline_first(runs)] if seeds is None else
+            [(_seed_folder(root, label, k), label, [*s, f"seed={k}"], k) for k in seeds
+             for label, s in _baseline_first(runs)])
     # an earlier invocation's rows for runs this one does not train stay in the table (only= adds up)
     planned = {(label, seed) for _, label, _, seed in plan}
     order = {label: i for i, (label, _) in enumerate(exp.runs_for(size))}
     kept = [r for r in _previous_rows(root / "results.csv") if (r["run"], r.get("seed")) not in planned]
 
     def table() -> list[dict]:
-        same_kind = not kept or set(kept[0]) == set(rows[0])  # a table from before seeds= is replaced
+        same_kind = not kept or ("seed" in kept[0]) == ("seed" in rows[0])  # a table from before seeds= is replaced
         both = [*kept, *rows] if same_kind else rows
-        return sorted(both, key=lambda r: (r.get("seed") or 0, order.get(r["run"], len(order))))
+        cols = list(rows[-1])  # an earlier table's rows take this version's columns (blank where new)
+        return sorted(({c: r.get(c) for c in cols} for r in both),
+                      key=lambda r: (r.get("seed") or 0, order.get(r["run"], len(order))))
 
     for folder, label, run_settings, seed in plan:
         run_dir = root / folder
@@ -280,12 +317,16 @@ def run_experiment(name: str, settings: list[str] | None = None, out_dir: str = 
         t0, c0 = time.monotonic(), _cpu_seconds()
         try:
             result = train(cfg, log=False)
+        except StepsMismatch as e:  # the grid names the run folder: its user cannot pick another run_name
+            raise ConfigError(f"run folder '{run_dir}' holds a checkpoint for {e.saved} steps, the grid's run takes "
+                              f"{e.steps} (an earlier run with other epochs, batch_size or data settings); delete "
+                              "that folder to retrain it, or give another --out") from None
         except TrainingError as e:  # a diverged run is a result of the grid, not the end of it
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             row.update({"knn_top1": None, "best_knn_top1": None, "random_init_knn": None, "raw_pixel_knn": None,
                         "eff_rank": _last_eff_rank(run_dir), "steps": None,
                         "minutes": (time.monotonic() - t0) / 60, "cpu_minutes": (_cpu_seconds() - c0) / 60,
-                        "status": f"failed: {first}"})
+                        "status": f"failed: {first}", **provenance()})
             if exp.full_train_knn:
                 row["knn_full_train"] = None
             rows.append(_order(row, keys, exp))
@@ -295,14 +336,17 @@ def run_experiment(name: str, settings: list[str] | None = None, out_dir: str = 
             continue
         if not timing.exists() or result.step != json.loads(timing.read_text()).get("step"):
             atomic_write_text(timing, json.dumps({"seconds": time.monotonic() - t0,
-                                                  "cpu_seconds": _cpu_seconds() - c0, "step": result.step}))
+                                                  "cpu_seconds": _cpu_seconds() - c0, "step": result.step,
+                                                  "provenance": provenance()}))
         times = json.loads(timing.read_text())
         seconds, cpu = times["seconds"], times.get("cpu_seconds")
         row.update({"knn_top1": result.knn_accuracy, "best_knn_top1": result.best_knn_accuracy,
                     "random_init_knn": result.random_knn_accuracy,
                     "raw_pixel_knn": result.raw_pixel_knn_accuracy, "eff_rank": _last_eff_rank(result.run_dir),
+                    **run_scores(result.run_dir, result.step),
                     "steps": result.step, "minutes": seconds / 60,
-                    "cpu_minutes": None if cpu is None else cpu / 60, "status": "ok"})
+                    "cpu_minutes": None if cpu is None else cpu / 60, "status": "ok",
+                    **times.get("provenance", {})})
         if exp.full_train_knn:
             row["knn_full_train"] = full_train_knn(result.run_dir, result.step)
         rows.append(_order(row, keys, exp))
@@ -317,7 +361,7 @@ def run_experiment(name: str, settings: list[str] | None = None, out_dir: str = 
 
 
 _RESULT_COLUMNS = ["knn_top1", "best_knn_top1", "knn_full_train", "random_init_knn", "raw_pixel_knn", "eff_rank",
-                   "steps", "minutes", "cpu_minutes", "status"]
+                   "val_knn", "linear_top1", "steps", "minutes", "cpu_minutes", "status", *PROVENANCE_FIELDS]
 
 
 def _order(row: dict, keys: list[str], exp: Experiment) -> dict:
@@ -388,8 +432,8 @@ def _previous_rows(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     with path.open(newline="") as f:
-        return [{k: v if k in ("run", "method", "status") else _cell(v) for k, v in row.items()}
-                for row in csv.DictReader(f)]
+        return [{k: v if k in ("run", "method", "status", "commit", "cpu", "torch") else _cell(v)
+                 for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def _cell(text: str) -> Any:

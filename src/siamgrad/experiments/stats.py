@@ -137,6 +137,28 @@ def seeds_for_margin(sd: float, margin: float, level: float = 0.95, most: int = 
     return lo
 
 
+def detectable_difference(sd: float, n: int, level: float = 0.95, power: float = 0.8) -> float:
+    """The smallest true mean difference a paired t-test over ``n`` seeds detects with ``power``.
+
+    With the per-seed differences' spread ``sd``, a two-sided test at ``1 - level`` rejects "no
+    difference" with probability ``power`` when the true difference is at least
+    ``(t_{(1+level)/2, n-1} + t_{power, n-1}) * sd / sqrt(n)`` (the usual t approximation of the
+    noncentral t). It is also about the smallest distance from a tolerance that ``n`` seeds can
+    settle: a smaller effect stays "inconclusive" at this size.
+
+    >>> round(detectable_difference(1.0, 5), 3)  # (2.776 + 0.941) / sqrt(5)
+    1.662
+    """
+    if n < 2:
+        raise ConfigError(f"a detectable difference needs at least 2 seeds, got {n}")
+    if not 0 < power < 1:
+        raise ConfigError(f"power must lie strictly between 0 and 1, got {power}")
+    if not math.isfinite(sd) or sd < 0:
+        raise ConfigError(f"a spread of {sd} cannot size a difference; give the sd of at least 2 seeds")
+    # the one-sided quantile t_power is the two-sided one at level 2 * power - 1
+    return (t_quantile(level, n - 1) + t_quantile(2 * power - 1, n - 1)) * sd / math.sqrt(n)
+
+
 @dataclass(frozen=True)
 class SpreadSplit:
     """A seed-to-seed spread of accuracy split into the evaluation set's part and the seeds' shared part.
