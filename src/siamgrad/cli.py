@@ -8,7 +8,8 @@
     siamgrad analyze gradients CHECKPOINT_OR_RUN   gradient decomposition of every method, one batch
     siamgrad compare RUN RUN ... [--out DIR]
     siamgrad reproduce NAME [size=cpu|paper] [only=RUN,RUN] [seeds=K|A-B] [key=value ...]
-    siamgrad reproduce claims [size=cpu] [seeds=3] [train=false] [doc=docs/claims.md]
+    siamgrad reproduce claims [size=cpu] [seeds=K|A-B] [train=false] [doc=PATH]
+    siamgrad reproduce tune [only=METHOD,...] [train=false] [doc=PATH]
     siamgrad config [key=value ...]        print the resolved config
     siamgrad presets                       list the YAML presets
     siamgrad data pack SRC DST [--shard-size N] [--no-shuffle] [--seed S] [--verify] [--overwrite]
@@ -131,9 +132,15 @@ def _cmd_reproduce(args) -> int:
             exp = grids.find(name)
             print(f"{name:<18} {exp.description} (sizes: {', '.join(exp.sizes)})")
         print(f"{'claims':<18} train what the seed papers' claims need and write their verdicts (docs/claims.md)")
+        print(f"{'tune':<18} the same small search for every method on the validation split (docs/tuning.md)")
         return 0
     if args.name == "claims":
         print(claims.run_claims(args.settings, out_dir=args.out))
+        return 0
+    if args.name == "tune":
+        from siamgrad.experiments import tuning
+
+        print(tuning.run_tuning(args.settings, out_dir=args.out))
         return 0
     print(runner.run_experiment(args.name, args.settings, out_dir=args.out, exp=grids.find(args.name)))
     return 0

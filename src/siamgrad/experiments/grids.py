@@ -83,6 +83,16 @@ _CPU = ["preset=cifar10_cpu", f"data.root={SUBSET}", *_CPU_SHAPE, "eval.every=0"
 # the paper sizes: kNN every 10 epochs, a collapse reported, not fatal
 _PAPER = ["eval.every=10", "diag.collapse=warn"]
 
+# The claims' CPU size: the CPU preset's shape (small ResNet, 24 px views, batch 128) on a schedule every
+# method learns on, kNN every 4 epochs for the learning curves; the tuning searches at it too
+CPU24_EPOCHS = 12
+CPU24 = ["preset=cifar10_cpu", f"data.root={SUBSET}", f"epochs={CPU24_EPOCHS}", "eval.every=4",
+         "diag.gradients=false", "diag.collapse=warn", "diag.report=false"]
+
+# The values `siamgrad reproduce tune` chose for each method's run (original loss or gradient form) at CPU24 on the validation
+# split (docs/tuning.md; tests/test_tuning.py holds them to docs/tuning.csv): method -> settings
+TUNED: dict[str, list[str]] = {}
+
 # Method options for a 128-d projector with a 512-d hidden layer (the CPU preset): every method
 # gets the same backbone, data, epochs and optimizer; only its own loss options differ.
 # VICReg's paper trains with LARS; with plain SGD its loss turns NaN within 30 steps on the CPU
