@@ -89,3 +89,27 @@ def test_the_grids_tuned_values_are_what_the_committed_search_chose():
         if len(complete) >= 1 + sum(len(a.values) - 1 for a in space.axes):
             assert grids.TUNED.get(name) == [f"{k}={v:g}" for k, v in pick.items()], name
     assert set(grids.TUNED) <= set(picks)
+
+
+def test_the_claims_cpu_size_adds_each_methods_tuned_values_where_a_grid_does_not_set_them(monkeypatch):
+    from siamgrad.config import build_config
+
+    monkeypatch.setitem(grids.TUNED, "vicreg", ["method.cov_weight=4", "optim.lr=0.15"])
+    monkeypatch.setitem(grids.TUNED, "barlow_twins", ["method.lambd=0.16", "optim.lr=0.6"])
+    monkeypatch.setitem(grids.TUNED, "simclr-gradient", ["method.lam=2", "optim.lr=0.15"])
+    # the small_projectors grid sets cov_weight itself: only the learning rate is added
+    assert grids.tuned(["method=vicreg", "method.cov_weight=50"]) == ["method=vicreg", "method.cov_weight=50",
+                                                                      "optim.lr=0.15"]
+    # a tuned lambd replaces width_scaled's formula, keeping its l2-normalization
+    cfg = build_config(grids.tuned(["method=barlow_twins", "method.width_scaled=true"]))
+    assert cfg.method["lambd"] == 0.16 and cfg.method["l2"] is True and not cfg.method.get("width_scaled")
+    assert grids.tuned(["method=simclr", "method.form=gradient"])[-2:] == ["method.lam=2", "optim.lr=0.15"]
+    assert grids.tuned(["method=simclr"]) == ["method=simclr"]  # the original loss is not the gradient form
+    # every claims grid on the subset has the size, on the CPU24 schedule
+    for name in ("unigrad_table1", "unigrad_table2", "directpred", "claims_collapse", "many_views", "claims_speed"):
+        exp = grids.find(name)
+        assert exp.sizes["cpu24"][: len(grids.CPU24)] == grids.CPU24 and exp.runs_for("cpu24")
+        base = exp.sizes["cpu24"]
+        for _, s in exp.runs_for("cpu24"):
+            c = build_config([*base, *s])
+            assert (c.epochs, c.batch_size, c.augment.size) == (grids.CPU24_EPOCHS, 128, 24)

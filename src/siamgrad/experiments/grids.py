@@ -447,9 +447,46 @@ CLAIM_GRIDS: dict[str, Experiment] = {
     ),
 }
 
+def _tuned_key(settings: list[str]) -> str | None:
+    """The :data:`TUNED` entry of a run: its method's name, ``NAME-gradient`` for a gradient form."""
+    given = dict(s.partition("=")[::2] for s in settings)
+    name = given.get("method") or given.get("method.name")
+    if name is None:
+        return None
+    return f"{name}-gradient" if given.get("method.form") == "gradient" else name
+
+
+def tuned(settings: list[str]) -> list[str]:
+    """A run's settings with its method's tuned values (:data:`TUNED`) added, except the keys the run
+    sets itself: a grid's own variation (a width's covariance weight, a swept lambda) wins."""
+    own = {s.partition("=")[0] for s in settings}
+    extra = [t for t in TUNED.get(_tuned_key(settings) or "", []) if t.partition("=")[0] not in own]
+    if any(t.startswith("method.lambd=") for t in extra) and "method.width_scaled=true" in settings:
+        # width_scaled is l2-normalization plus the width's lambd: the tuned lambd takes the formula's place
+        settings = [("method.l2=true" if s == "method.width_scaled=true" else s) for s in settings]
+    return [*settings, *extra]
+
+
+def with_cpu24(exp: Experiment) -> Experiment:
+    """Add the ``cpu24`` size, the claims' CPU size, to a grid trained on the CIFAR-10 subset at ``cpu``
+    size: :data:`CPU24`'s schedule and shape with the grid's own extras (local crops, kNN every epoch),
+    the ``cpu`` runs with their methods' tuned values."""
+    extras = [s for s in exp.sizes["cpu"] if s not in _CPU and not s.startswith(("epochs=", "preset=", "data.root="))
+              and s not in _CPU_SHAPE and s != "eval.every=0"]
+    exp.sizes["cpu24"] = [*CPU24, *extras]
+    runs = exp.runs["cpu"] if isinstance(exp.runs, dict) else exp.runs
+    tuned_runs = [(label, tuned(s)) for label, s in runs]
+    if isinstance(exp.runs, dict):
+        exp.runs["cpu24"] = tuned_runs
+    else:
+        exp.runs = {size: runs for size in exp.sizes if size != "cpu24"} | {"cpu24": tuned_runs}
+    return exp
+
+
 for _exp in [*EXPERIMENTS.values(), *CLAIM_GRIDS.values()]:
     if f"data.root={SUBSET}" in _exp.sizes.get("cpu", []):
         with_gpu_subset(_exp)
+        with_cpu24(_exp)
 
 
 def available() -> list[str]:
