@@ -68,3 +68,49 @@ def test_the_library_snippet_runs_and_clears_gradients_each_step():
     assert ns["step"] == ns["total_steps"] - 1 and torch.isfinite(ns["loss"]).item()
     # the parameters moved: the optimizer stepped on real gradients
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in ns["method"].parameters())
+
+
+def _quick_start() -> str:
+    return README.split("## Quick start", 1)[1].split("Install and run the tests", 1)[0]
+
+
+def test_the_quick_start_gives_one_duration_for_the_default_run():
+    quick = _quick_start()
+    # the run's time on a quiet 2-core CPU is stated once, in words that claim no unmeasured figure
+    assert "a few minutes on a quiet 2-core CPU" in quick
+    assert not re.search(r"about [0-9.]+ minutes", quick), re.findall(r"about [0-9.]+ minutes", quick)
+    assert quick.count("quiet 2-core CPU") == 1
+
+
+def _timm_example() -> str:
+    found = re.findall(r"`backbone=(timm:[a-z][^`]*)`", README)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_the_timm_load_line_is_the_one_the_exports_json_records():
+    from siamgrad.export import _load_lines
+
+    arch = _timm_example()
+    meta = {"architecture": arch, "format": "timm", "stem": "own", "input_size": 32}
+    build = next(line for line in _load_lines(meta, "w.safetensors") if "timm.create_model(" in line)
+    call = build.split("model = ", 1)[1]
+    flat = " ".join(README.split())
+    assert f"`{call}`" in flat, call  # the README's line for its own ViT is the JSON's line
+    assert "timm.create_model(NAME, num_classes=0)`" not in flat  # the line that fails for it
+
+
+def test_the_readme_timm_line_loads_the_vit_it_describes():
+    timm = pytest.importorskip("timm")
+    from siamgrad.models.backbones import build_backbone
+
+    arch = _timm_example()
+    flat = " ".join(README.split())
+    call = re.search(r"`(timm\.create_model\('vit[^`]+\))`", flat)[1]
+    model = eval(call, {"timm": timm})  # noqa: S307 - the README's own line
+    trained, _ = build_backbone(arch)
+    model.load_state_dict(trained.state_dict(), strict=True)  # pos_embed and patch_embed fit
+    # the README's warning is true: without the options the weights do not load
+    plain = timm.create_model(arch[5:].split(",")[0], pretrained=False, num_classes=0)
+    with pytest.raises(RuntimeError, match="pos_embed"):
+        plain.load_state_dict(trained.state_dict(), strict=True)

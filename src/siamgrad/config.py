@@ -14,6 +14,7 @@ Every problem is a :class:`~siamgrad.errors.ConfigError` with a one-line message
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -344,6 +345,11 @@ def load_yaml(path: str | Path) -> dict:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
+        tag = re.search(r"constructor for the tag '([^']+)'", str(getattr(e, "problem", "") or ""))
+        if isinstance(e, yaml.constructor.ConstructorError) and tag:
+            shown = tag[1].replace("tag:yaml.org,2002:", "!!")
+            raise ConfigError(f"config file '{p}' uses the YAML tag {shown}{where}, which is refused: configs are "
+                              "read with safe loading only (plain values, lists and mappings); remove the tag") from None
         raise ConfigError(f"config file '{p}' is not valid YAML{where}; fix its syntax") from None
     if data is None:
         return {}
@@ -456,6 +462,36 @@ def dump_yaml(cfg: Config | dict) -> str:
 # resolving "auto" settings
 
 
+def available_devices() -> list[str]:
+    """The ``device=`` values this machine can run on: ``cpu``, ``cuda`` and ``cuda:N`` for every
+    visible GPU, ``mps`` where PyTorch's Apple GPU backend works."""
+    out = ["cpu"]
+    if torch.cuda.is_available():
+        out += ["cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        out.append("mps")
+    return out
+
+
+def check_device(name: str) -> str:
+    """``name`` when this machine has that device, else a one-line :class:`ConfigError` naming the
+    devices it has (torch would fail later with a traceback, or at the first tensor moved)."""
+    have = available_devices()
+    if name in have:
+        return name
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        why = "cuda was asked for but no GPU is visible"
+    elif name.startswith("cuda:") and name[5:].isdigit():
+        why = f"there is no GPU {name[5:]} ({torch.cuda.device_count()} visible)"
+    elif name == "mps":
+        why = "PyTorch's MPS backend (Apple GPUs) is not available here"
+    else:
+        why = f"'{name}' is not a device"
+    raise ConfigError(f"device={name}: {why}; devices on this machine: {', '.join(have)}; use one of them "
+                      "(or device=auto)")
+
+
 def resolve(cfg: Config) -> Config:
     """Return a copy with every ``auto``/``None`` setting replaced by its concrete value."""
     cfg = from_dict(to_dict(cfg))
@@ -463,8 +499,8 @@ def resolve(cfg: Config) -> Config:
     check_augment(cfg)
     if cfg.device == "auto":
         cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device: cuda was asked for but no GPU is visible; use device=cpu")
+    else:
+        cfg.device = check_device(cfg.device)
     on_gpu = cfg.device.startswith("cuda")
     if cfg.precision == "auto":
         cfg.precision = "bf16" if on_gpu else "fp32"

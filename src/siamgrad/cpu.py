@@ -45,6 +45,7 @@ __all__ = [
     "affinity_cpus",
     "available_cpus",
     "busy_aware_threads",
+    "cap_threads",
     "cgroup_cpu_quota",
     "default_threads",
     "free_cores",
@@ -152,6 +153,17 @@ def available_cpus(affinity: int | None = None, quota: float | None | object = _
     if q is not None:
         n = min(n, math.ceil(q - 1e-9))
     return max(1, n)
+
+
+def cap_threads(asked: int, cpus: int | None = None) -> tuple[int, str | None]:
+    """``threads=asked`` bounded by the CPUs this process may run on (``cpus``, default
+    :func:`affinity_cpus`): threads beyond them only wait for each other at the barrier ending
+    every parallel region. Returns the count to use and, when it was capped, a one-line warning."""
+    n = affinity_cpus() if cpus is None else max(1, int(cpus))
+    if asked <= n:
+        return asked, None
+    return n, (f"threads={asked} is more than the {n} CPU(s) this process may use; using threads={n} "
+               "(more threads than CPUs wait on each other and run many times slower)")
 
 
 def default_threads(env: dict[str, str] | None = None, cpus: int | None = None) -> int:

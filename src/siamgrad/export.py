@@ -21,6 +21,10 @@ training set's statistics) and the lines that build the target model and load th
 The backbone exported is the online encoder (the one kNN and the linear probe evaluate).
 After writing, the export is loaded back into the target library's model (when that library is
 installed) and its features compared with siamgrad's backbone on the same input.
+
+An export writes only its own files: never over a siamgrad checkpoint, nor under a run folder's
+own names (:data:`siamgrad.checkpoint.RUN_FILES`), nor over any other existing file of a run
+folder; ``RUN/export/`` is the export's own folder, whose files it replaces.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from siamgrad.checkpoint import atomic_write_bytes, atomic_write_json
+from siamgrad.checkpoint import FORMAT, RUN_FILES, atomic_write_bytes, atomic_write_json
 from siamgrad.config import from_dict, uses_cifar_stem
 from siamgrad.errors import ConfigError
 from siamgrad.eval.checkpoint import run_folder
@@ -77,6 +81,40 @@ def _check_format(backbone: str, fmt: str) -> None:
                           f"--format {default_format(backbone)}")
     if fmt == "timm" and not (backbone in RESNETS or backbone.startswith("timm:")):
         raise ConfigError(f"backbone '{backbone}' has no timm model; export it with --format {default_format(backbone)}")
+
+
+def _is_run_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a run's files (a checkpoint, its metrics or results; a config.yaml
+    alone may be anyone's)."""
+    return any((folder / name).exists() for name in RUN_FILES if name != "config.yaml")
+
+
+def _is_checkpoint(path: Path) -> bool:
+    """Whether the existing file ``path`` is a siamgrad checkpoint (read without running pickle code)."""
+    if path.suffix not in (".pt", ".pth") or not path.is_file():
+        return False
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - unreadable or not a zip: not a checkpoint to protect
+        return False
+    return isinstance(state, dict) and state.get("format") == FORMAT
+
+
+def _check_out(out: str, targets: list[Path], run_dir: Path, default: Path) -> None:
+    """Refuse an ``--out`` whose files would replace a checkpoint or a file of a run folder."""
+    for target in targets:
+        folder = target.parent.resolve()
+        in_run = folder == run_dir.resolve() or _is_run_folder(folder)
+        if in_run and (target.name in RUN_FILES or target.exists()):
+            what = f"a file of the run folder {folder}"
+            if target.suffix == ".pt" and target.name in RUN_FILES:
+                what += " (a training checkpoint)"
+        elif target.exists() and _is_checkpoint(target):
+            what = "a siamgrad checkpoint"
+        else:
+            continue
+        raise ConfigError(f"--out {out} would write over {target}, {what}; an export never replaces a run's "
+                          f"files: leave --out out to write {default}, or give another path")
 
 
 def _load_lines(meta: dict[str, Any], file_name: str) -> list[str]:
@@ -154,14 +192,17 @@ def export_backbone(run: str, out: str | None = None, fmt: str | None = None, ve
     _check_format(arch, fmt)
     # ResNets: siamgrad's CIFAR stem or torchvision's own; the small networks and timm models have one stem
     stem = ("cifar" if uses_cifar_stem(cfg) else "imagenet") if arch in RESNETS else "own"
+    default = run_folder(run) / "export" / f"{arch.replace(':', '-')}-{fmt}.safetensors"
     if out is None:
-        path = run_folder(run) / "export" / f"{arch.replace(':', '-')}-{fmt}.safetensors"
+        path = default
     else:
         path = Path(out).expanduser()
         if path.is_dir() or str(out).endswith(("/", "\\")):
             path = path / f"{arch.replace(':', '-')}-{fmt}.safetensors"
     if path.suffix not in (".safetensors", ".pt", ".pth"):
         raise ConfigError(f"--out '{path}': the file name must end in .safetensors (default) or .pt/.pth")
+    _check_out(str(out) if out is not None else str(default), [path, path.with_suffix(".json")],
+               run_folder(run), default)
     weights = {k: v.detach().cpu().contiguous().clone() for k, v in backbone.state_dict().items()}
     feature_dim = int(_compare_dim(backbone, int(state.get("image_size") or 32)))
     meta: dict[str, Any] = {
@@ -183,13 +224,13 @@ def export_backbone(run: str, out: str | None = None, fmt: str | None = None, ve
         from safetensors.torch import save
 
         blob = save(weights, metadata={"format": fmt, "architecture": arch, "stem": stem})
-        atomic_write_bytes(path, lambda f: f.write(blob))
+        atomic_write_bytes(path, lambda f: f.write(blob), option="--out")
     else:
         buf = io.BytesIO()
         torch.save(weights, buf)
-        atomic_write_bytes(path, lambda f: f.write(buf.getvalue()))
+        atomic_write_bytes(path, lambda f: f.write(buf.getvalue()), option="--out")
     meta_path = path.with_suffix(".json")
-    atomic_write_json(meta_path, meta)
+    atomic_write_json(meta_path, meta, option="--out")
     diff, lib = None, _library(fmt)
     if verify and lib is not None:
         target = build_target(meta)

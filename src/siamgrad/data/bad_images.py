@@ -7,20 +7,18 @@ such file once through an :class:`UnreadableImageWarning` and raises
 ``data.max_bad_fraction`` allows (:data:`DEFAULT_MAX_BAD_FRACTION` by default).
 
 The warning is shown as one plain line, ``warning: skipped unreadable image ...``, without the
-file and source line Python's default warning format adds: importing this module chains a
-small display hook in front of :func:`warnings.showwarning` that formats this one category and
-hands every other warning to the previous hook. Filters (``-W``, ``warnings.simplefilter``,
+file and source line Python's default warning format adds (a
+:class:`~siamgrad.errors.OneLineWarning`). Filters (``-W``, ``warnings.simplefilter``,
 ``pytest.warns``) work as for any warning.
 """
 
 from __future__ import annotations
 
-import sys
 import warnings
 from collections.abc import Sequence
 
 from siamgrad.config import DataConfig
-from siamgrad.errors import DataError
+from siamgrad.errors import DataError, OneLineWarning, format_warning
 
 __all__ = ["DEFAULT_MAX_BAD_FRACTION", "MIN_SEEN_FOR_RATE", "BadImageCounter", "UnreadableImageWarning",
            "format_unreadable_warning"]
@@ -34,37 +32,13 @@ MIN_SEEN_FOR_RATE = 1000
 files against the whole set is judged at once)."""
 
 
-class UnreadableImageWarning(UserWarning):
+class UnreadableImageWarning(OneLineWarning):
     """An image file could not be read or decoded and was skipped."""
 
 
 def format_unreadable_warning(message: Warning | str) -> str:
     """The line an :class:`UnreadableImageWarning` is shown as (newline included)."""
-    return f"warning: {' '.join(str(message).split())}\n"
-
-
-def _install_display_hook() -> None:
-    previous = warnings.showwarning
-    if getattr(previous, "_siamgrad_unreadable", False):  # already chained (module reloaded)
-        return
-
-    def showwarning(message, category, filename, lineno, file=None, line=None):
-        if isinstance(category, type) and issubclass(category, UnreadableImageWarning):
-            stream = sys.stderr if file is None else file
-            if stream is None:  # no stderr (pythonw): nowhere to show it
-                return
-            try:
-                stream.write(format_unreadable_warning(message))
-            except OSError:
-                pass
-            return
-        previous(message, category, filename, lineno, file, line)
-
-    showwarning._siamgrad_unreadable = True  # type: ignore[attr-defined]
-    warnings.showwarning = showwarning
-
-
-_install_display_hook()
+    return format_warning(message)
 
 
 class BadImageCounter:

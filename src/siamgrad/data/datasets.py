@@ -369,6 +369,14 @@ def _load_cifar(
     if found is None and download:
         _download_and_extract(key, base, _cifar_expected(layout))
         found = _find_cifar(base, layout, split)
+    other = _find_cifar(base, layout, "test" if split == "train" else "train") if found is None else None
+    if other is not None:  # the other split is there: this copy lost files
+        fmt, folder = other
+        names = layout.bin_files[split] if fmt == "bin" else layout.py_files[split]
+        raise _error(
+            f"{layout.title} copy in {folder} is incomplete: missing {', '.join(names)} (its {split} split); "
+            f"restore the official files"
+        )
     if found is None:
         raise _error(
             f"{layout.title} {split} files not found under {base}: expected "

@@ -15,6 +15,7 @@ decoded image; :func:`resize_center_crop` makes the square images of an in-memor
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from collections.abc import Sequence
 
@@ -126,9 +127,24 @@ def decode_image_bytes(data: bytes | torch.Tensor, max_side: int | None = None) 
             with Image.open(io.BytesIO(buf.numpy().tobytes())) as im:
                 arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
             img = torch.from_numpy(arr.copy()).permute(2, 0, 1)
-        except Exception:  # noqa: BLE001
-            raise ValueError(one_line(str(first).split(",")[-1]) or type(first).__name__) from None
+        except Exception as second:  # noqa: BLE001
+            raise ValueError(_why_undecodable(buf, first, second)) from None
     return cap_side(_to_uint8_rgb(img), max_side)
+
+
+def _why_undecodable(buf: torch.Tensor, first: BaseException, second: BaseException) -> str:
+    """Why neither decoder read ``buf``, in words: not an image at all (neither recognised its
+    format), else the first sentence of torchvision's reason without its source-file prefix."""
+    from PIL import UnidentifiedImageError
+
+    head = bytes(buf[:8].tolist())
+    if isinstance(second, UnidentifiedImageError) and "Unsupported image file" in str(first):
+        return f"not an image file: no known image format starts with the bytes {head!r}"
+    text = one_line(first)
+    # torchvision prefixes "function, /path/to/file.cpp:LINE, " to its messages
+    text = re.sub(r"^[\w()]+, \S+:\d+, ", "", text)
+    text = re.split(r"(?<=[a-z0-9)])\. ", text, maxsplit=1)[0].rstrip(".")
+    return text or one_line(second) or type(first).__name__
 
 
 def decode_jpegs_on_device(raw: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:

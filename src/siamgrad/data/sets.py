@@ -16,6 +16,7 @@ files. ``shards`` with ``stream=false`` are decoded into memory at ``data.image_
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -24,7 +25,7 @@ from siamgrad.config import DataConfig
 from siamgrad.data.batches import InMemoryBatches
 from siamgrad.data.datasets import IMAGEFOLDER_DEFAULT_SIZE, load_dataset
 from siamgrad.data.in_memory import ImageDataset, channel_stats, load_in_memory, stratified_sample
-from siamgrad.data.sources import FolderSource, Source, open_source
+from siamgrad.data.sources import FolderSource, Source, image_folder_split, open_source, shard_files
 from siamgrad.data.streaming import StreamBatches, StreamedDataset
 from siamgrad.errors import ConfigError, DataError
 
@@ -36,6 +37,7 @@ __all__ = [
     "load_eval_sets",
     "load_train_set",
     "make_batches",
+    "one_class",
     "should_stream",
 ]
 
@@ -54,10 +56,13 @@ class DataSets:
             :class:`~siamgrad.data.in_memory.ImageDataset`, or a
             :class:`~siamgrad.data.streaming.StreamedDataset` for streamed data.
         knn_train, knn_test: labeled in-memory sets for kNN evaluation, or ``None`` (both) when
-            the data has no labels or no test split (or ``eval_sets=False``).
+            the data has no labels or no test split, or all its labels are one class (see
+            ``no_eval``), or ``eval_sets=False``.
         mean, std: per-channel statistics of the training set in ``[0, 1]`` units
             (:func:`dataset_channel_stats`).
         image_size: the side the model sees: ``size`` when given, else the training set's own.
+        no_eval: why labeled sets that exist are not evaluated on (all of one class), for a
+            warning; ``None`` otherwise.
     """
 
     train: ImageDataset | StreamedDataset
@@ -66,6 +71,7 @@ class DataSets:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     image_size: int
+    no_eval: str | None = None
 
 
 def load_data(data: DataConfig, *, seed: int, size: int | None = None, eval_sets: bool = True) -> DataSets:
@@ -89,8 +95,40 @@ def load_data(data: DataConfig, *, seed: int, size: int | None = None, eval_sets
     train = load_train_set(data, seed)
     image_size = int(size or train.image_size)
     knn_train, knn_test = load_eval_sets(data, train, image_size, seed) if eval_sets else (None, None)
+    no_eval = one_class(data, knn_train) if knn_train is not None and knn_test is not None else None
+    if no_eval is not None:
+        knn_train = knn_test = None
     mean, std = dataset_channel_stats(train)
-    return DataSets(train, knn_train, knn_test, mean, std, image_size)
+    return DataSets(train, knn_train, knn_test, mean, std, image_size, no_eval)
+
+
+def one_class(data: DataConfig, bank: ImageDataset) -> str | None:
+    """Why kNN cannot judge an encoder on ``bank`` when all its labels are one class (every image
+    gets that class whatever the features: 100% for the trained, the untrained encoder and raw
+    pixels alike), else ``None``."""
+    present = torch.unique(bank.labels)
+    if present.numel() >= 2:
+        return None
+    only = bank.classes[int(present[0])] if present.numel() and int(present[0]) < len(bank.classes) else "none"
+    where = f"{data.name} data at {data.root}" if data.root else f"{data.name} data"
+    return (f"kNN needs labeled data with two classes or more, and the labeled images of {where} are all of "
+            f"one class ('{only}')")
+
+
+def _split_absent(data: DataConfig, split: str) -> bool:
+    """Whether ``split`` is absent from an image folder or shard folder (the data then has no kNN
+    sets); a split that is there but unreadable is an error its loader names. Named datasets have
+    their splits in every complete copy: a missing or damaged file of them is an error too."""
+    if data.name not in ("imagefolder", "shards") or not data.root:
+        return False
+    base = Path(data.root).expanduser()
+    if data.name == "imagefolder":
+        try:
+            image_folder_split(base, split)
+        except DataError:
+            return True
+        return False
+    return not ((base / split).is_dir() or (split == "train" and shard_files(base)))
 
 
 def _stream_source(data: DataConfig) -> Source | None:
@@ -155,18 +193,16 @@ def load_eval_sets(data: DataConfig, train_set: ImageDataset | StreamedDataset, 
     """
     if data.name == "shards" or not isinstance(train_set, ImageDataset):
         return _bounded_eval_sets(data, train_set, size, seed)
+    # a split the data lacks means no kNN; one that is there but damaged stops with its loader's
+    # one-line error (naming the file), as a damaged training file does
     train = train_set if train_set.labels is not None else None
-    if train is None:
-        try:
-            train = load_dataset(data.name, data.root, "train", image_size=data.image_size,
-                                 max_bad_fraction=data.max_bad_fraction)
-        except Exception:  # noqa: BLE001 - no labeled train split: no kNN
-            train = None
-    try:
+    if train is None and not _split_absent(data, "train"):
+        train = load_dataset(data.name, data.root, "train", image_size=data.image_size,
+                             max_bad_fraction=data.max_bad_fraction)
+    test = None
+    if not _split_absent(data, data.test_split):
         test = load_dataset(data.name, data.root, data.test_split, image_size=data.image_size,
                             max_bad_fraction=data.max_bad_fraction)
-    except Exception:  # noqa: BLE001 - no test split: no kNN
-        test = None
     if train is None or train.labels is None or test is None or test.labels is None:
         return None, None
     return train, test
@@ -177,10 +213,9 @@ def _bounded_eval_sets(data: DataConfig, train_set: ImageDataset | StreamedDatas
     cap = int(data.eval_images)
 
     def labeled(split: str) -> Source | None:
-        try:
-            source = open_source(data.name, data.root, split)
-        except DataError:  # no such split: no kNN
+        if _split_absent(data, split):  # no such split: no kNN
             return None
+        source = open_source(data.name, data.root, split)  # there but unreadable: its error
         return source if source.labels is not None else None
 
     def bounded(source: Source) -> ImageDataset:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from siamgrad.augment.multiview import build_augment
-from siamgrad.checkpoint import config_for_checkpoint, load_checkpoint
+from siamgrad.checkpoint import config_for_checkpoint, load_for_reading
 from siamgrad.data.sets import load_data
 from siamgrad.diagnostics.monitor import method_gradient_table
 from siamgrad.errors import CheckpointError
@@ -17,7 +17,7 @@ def gradient_table_for_checkpoint(checkpoint: str, settings: list[str] | None = 
                                   batch: int = 256) -> str:
     """Rebuild the checkpoint's method, draw one augmented batch of its training data, and tabulate
     the true gradient of every method's loss against its unified form on those features."""
-    state = load_checkpoint(checkpoint)
+    state, _ = load_for_reading(checkpoint)  # a damaged latest.pt: latest.prev.pt, with a warning
     # the model stays the checkpoint's: method=/backbone= settings are refused in one line
     cfg = config_for_checkpoint(state, settings, applies=("data", "augment", "seed"), command="analyze gradients")
     method = build_method(cfg)

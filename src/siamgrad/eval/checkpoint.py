@@ -10,25 +10,29 @@ same architecture (seeded by the run's seed) and, for the frozen-feature protoco
 
 Every evaluation is merged into the run folder's ``results.json`` under ``eval`` ->
 ``PROTOCOL`` (``PROTOCOL@val`` on the validation split), with the command that reproduces it;
-the report shows them. docs/evaluation.md describes every protocol.
+the report shows them. A results.json that is not valid JSON is kept beside the new one
+(``results.json.damaged-<time>``) with a one-line warning. docs/evaluation.md describes every
+protocol.
 """
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from siamgrad.checkpoint import atomic_write_json, config_for_checkpoint
-from siamgrad.config import Config, DataConfig, uses_cifar_stem
+from siamgrad.checkpoint import config_for_checkpoint
+from siamgrad.checkpoint import merge_results as merge_into_results
+from siamgrad.config import Config, DataConfig, check_device, uses_cifar_stem
+from siamgrad.cpu import cap_threads
 from siamgrad.data.in_memory import ImageDataset
-from siamgrad.errors import ConfigError, DataError, SiamgradError
+from siamgrad.errors import ConfigError, DataError, OneLineWarning, SiamgradError
 from siamgrad.eval.features import extract_features, load_backbone, raw_pixel_features
 from siamgrad.eval.fewshot import DEFAULT_FRACTIONS, fewshot_eval
 from siamgrad.eval.finetune import FinetuneSettings, finetune, finetune_augment
@@ -84,6 +88,8 @@ def labeled_sets(cfg: Config, state: dict) -> tuple[ImageDataset, ImageDataset, 
     from siamgrad.data.sets import load_data
 
     sets = load_data(cfg.data, seed=cfg.seed, size=state.get("image_size") or cfg.augment.size)
+    if sets.no_eval is not None:  # labeled, but nothing to tell apart
+        raise DataError(f"{sets.no_eval}, so this run cannot be evaluated; add images of other classes")
     if sets.knn_train is None or sets.knn_test is None:
         raise DataError(why_no_labeled_sets(cfg.data) + "; point data.root to a dataset with class labels and a test split")
     return sets.knn_train, sets.knn_test, sets.image_size
@@ -100,19 +106,16 @@ def eval_split(train: ImageDataset, test: ImageDataset, split: str, seed: int) -
 
 
 def merge_results(run_dir: Path, key: str, entry: dict) -> Path:
-    """Put ``entry`` under ``eval`` -> ``key`` of ``run_dir/results.json`` (atomic; other keys kept)."""
-    path = run_dir / "results.json"
-    results: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            loaded = json.loads(path.read_text())
-            results = loaded if isinstance(loaded, dict) else {}
-        except json.JSONDecodeError:  # a damaged file is replaced, not merged
-            results = {}
-    evals = results.get("eval") if isinstance(results.get("eval"), dict) else {}
-    evals[key] = entry
-    results["eval"] = evals
-    atomic_write_json(path, results)
+    """Put ``entry`` under ``eval`` -> ``key`` of ``run_dir/results.json`` (atomic; other keys kept:
+    :func:`siamgrad.checkpoint.merge_results`, the file's one writer, which training uses too).
+
+    A damaged results.json (not JSON) is kept as ``results.json.damaged-<time>`` beside the new one,
+    with a one-line warning: it may hold the training summary, which no evaluation can rewrite."""
+    path, kept = merge_into_results(run_dir, {"eval": {key: entry}})
+    if kept is not None:
+        warnings.warn(f"{path} is damaged (not a JSON object); kept it as {kept.name} and wrote a new results.json with this "
+                      "evaluation (the training summary is in the kept file; `siamgrad train` with the run's "
+                      "settings writes it again)", OneLineWarning, stacklevel=2)
     return path
 
 
@@ -136,9 +139,7 @@ def _device(settings: list[str]) -> torch.device:
     """``device=`` among the settings, else CUDA when present, else the CPU."""
     asked = [s.split("=", 1)[1] for s in settings if s.startswith("device=")]
     if asked and asked[-1] not in ("", "auto"):
-        if asked[-1].startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError("device: cuda was asked for but no GPU is visible; use device=cpu")
-        return torch.device(asked[-1])
+        return torch.device(check_device(asked[-1]))
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -152,7 +153,10 @@ def _checkpoint_and_sets(checkpoint: str, settings: list[str], split: str, comma
     cfg = config_for_checkpoint(state, [s for s in settings if not s.startswith("device=")], command=command,
                                 applies=("data", "eval", "augment", "seed", "precision", "channels_last", "threads"))
     if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+        threads, note = cap_threads(cfg.threads)
+        if note is not None and any(s.startswith("threads=") for s in settings):  # training warned of its own
+            warnings.warn(note, OneLineWarning, stacklevel=2)
+        torch.set_num_threads(threads)
     train_all, test_all, size = labeled_sets(cfg, state)
     train, test = eval_split(train_all, test_all, split, cfg.seed if split_seed is None else split_seed)
     return backbone, state, cfg, train, test, size, device
@@ -224,7 +228,7 @@ def evaluate_checkpoint(protocol: str, checkpoint: str, settings: list[str] | No
                                    max_iter=cfg.eval.linear_epochs, seed=cfg.seed)
                 if name == "trained":
                     out["linear_train_top1"] = res.train_accuracy
-                out["linear_test_top1" + suffix[name]] = res.test_accuracy
+                out[f"linear_{split}_top1" + suffix[name]] = res.test_accuracy  # named by the split scored
         else:
             n_seeds = seeds or 3
             out["seeds"] = [cfg.seed + i for i in range(n_seeds)]

@@ -12,15 +12,18 @@ import torch
 from torch import nn
 
 from siamgrad.augment.multiview import normalize_only
-from siamgrad.checkpoint import load_checkpoint
+from siamgrad.checkpoint import load_for_reading
 from siamgrad.config import from_dict, uses_cifar_stem
 from siamgrad.errors import CheckpointError
 from siamgrad.models.backbones import build_backbone
 
 
 def load_backbone(checkpoint: str, device: str = "cpu") -> tuple[nn.Module, dict]:
-    """The trained (online) backbone of a checkpoint (or run folder) and the checkpoint's state dict."""
-    state = load_checkpoint(checkpoint, map_location=device)
+    """The trained (online) backbone of a checkpoint (or run folder) and the checkpoint's state dict.
+
+    A damaged checkpoint falls back to ``NAME.prev.pt`` beside it with a one-line warning
+    (:func:`siamgrad.checkpoint.load_for_reading`)."""
+    state, _ = load_for_reading(checkpoint, map_location=device)
     try:
         cfg = from_dict(state["config"])
         backbone, _ = build_backbone(cfg.backbone, cifar_stem=uses_cifar_stem(cfg))

@@ -128,6 +128,8 @@ def evaluation_rows(run: RunData) -> list[list[Any]]:
         protocol, split, step, cmd = e.get("protocol", name), e.get("split", "test"), e.get("checkpoint_step"), e.get("command", "")
         if protocol in keys:
             k, label = keys[protocol]
+            if protocol == "linear" and f"linear_{split}_top1" in e:  # named by its split (older entries: test)
+                k = f"linear_{split}_top1"
             if protocol == "finetune" and is_number(e.get("epochs")):
                 label += f" ({e['epochs']} epochs)"
             rows.append([label, split, _pct(e.get(k)), _pct(e.get(k + "_random_init")), _pct(e.get(k + "_raw_pixels")),

@@ -37,7 +37,7 @@ from siamgrad import distributed as D
 from siamgrad.augment.mixing import MixParams, draw_step_mix
 from siamgrad.augment.multiview import build_augment
 from siamgrad.config import Config, check_augment, resolve, to_dict
-from siamgrad.cpu import default_threads, native_bf16
+from siamgrad.cpu import cap_threads, default_threads, native_bf16
 from siamgrad.data.seeding import step_generator
 from siamgrad.data.sets import load_data, make_batches, should_stream
 from siamgrad.errors import CheckpointError, ConfigError, TrainingError
@@ -50,7 +50,7 @@ from siamgrad.train.probe import OnlineProbe
 from siamgrad.train.progress import Progress
 from siamgrad.train.run_folder import RunFolder, say
 
-__all__ = ["Interrupted", "TrainResult", "Trainer", "read_metrics", "train"]
+__all__ = ["Interrupted", "StepsMismatch", "TrainResult", "Trainer", "read_metrics", "train"]
 
 Metrics = MetricsLog | NullMetrics
 
@@ -81,13 +81,17 @@ class Trainer:
         method_options(cfg)  # a bad method option fails before any data is read
         # threads unset: at most the CPUs this process may use (affinity mask, cgroup quota,
         # torchrun's OMP_NUM_THREADS), not every core of the host; the CPU augmentation takes
-        # fewer when the machine is busy (siamgrad.cpu)
-        torch.set_num_threads(cfg.threads or min(torch.get_num_threads(), default_threads()))
+        # fewer when the machine is busy (siamgrad.cpu). threads=N: at most the CPUs of the mask
+        threads, threads_note = cap_threads(cfg.threads) if cfg.threads else (
+            min(torch.get_num_threads(), default_threads()), None)
+        torch.set_num_threads(threads)
         self.device = torch.device(cfg.device)
         self.amp_dtype = torch.bfloat16 if cfg.precision == "bf16" else None
         self.dist = D.init_from_env(self.device.type)  # torchrun's environment (a no-op for one process)
         self.rank, self.world, self.is_main = self.dist.rank, self.dist.world, self.dist.main
         self.log = log and self.is_main
+        if threads_note is not None:
+            self._say(f"warning: {threads_note}")
         if self.amp_dtype is not None and self.device.type == "cpu" and not native_bf16():
             self._say("warning: this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 autocast is emulated "
                       "and slower than fp32; precision=bf16_if_native or fp32 is faster here")
@@ -95,11 +99,16 @@ class Trainer:
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
         torch.manual_seed(cfg.seed)  # the same initialization on every rank
+        # before any data is read: a folder another process trains in is refused at once
+        self.folder = RunFolder(cfg, is_main=self.is_main)
+        self.run_dir = self.folder.path
 
         # data: in memory (moved to the device once, as uint8) or streamed from disk; streamed
         # evaluation sets are decoded on rank 0 only, which alone evaluates
         streamed = cfg.data.name == "shards" or should_stream(cfg.data)
         data = load_data(cfg.data, seed=cfg.seed, size=cfg.augment.size, eval_sets=self.is_main or not streamed)
+        if data.no_eval is not None:
+            self._say(f"warning: {data.no_eval}, so this run has no kNN evaluation")
         self.train_set, self.knn_train, self.knn_test = data.train, data.knn_train, data.knn_test
         self.mean, self.std, self.size = data.mean, data.std, data.image_size
         self.batches = make_batches(self.train_set, self.device, cfg.batch_size, cfg.seed, data=cfg.data,
@@ -139,8 +148,6 @@ class Trainer:
         self.step = 0
         self.skipped_steps = 0  # steps skipped for a NaN/Inf loss (on_nan=skip), over the whole run
         self.train_seconds = 0.0  # wall time in training steps alone (no evaluation or saving), over the whole run
-        self.folder = RunFolder(cfg, is_main=self.is_main)
-        self.run_dir = self.folder.path
         # the model the steps call: DDP around the method when there are several processes (its
         # forward is training_step); EMA updates, state and checkpoints use the method itself
         self.model: nn.Module = D.wrap_ddp(self.method, self.device) if self.world > 1 else self.method
@@ -155,9 +162,15 @@ class Trainer:
     # -- the loop
 
     def fit(self) -> TrainResult:
+        """Train to the end (or resume and finish), holding the run folder's lock throughout: a
+        second process on the same folder is refused with one line."""
+        with self.folder.held(self._say):
+            return self._fit()
+
+    def _fit(self) -> TrainResult:
         cfg = self.cfg
         resumed = self._resume()
-        finished = self.folder.finished_results() if resumed and self.step >= self.total_steps else None
+        finished = self.folder.finished_results(self._say) if resumed and self.step >= self.total_steps else None
         if finished is not None:  # a finished run: report it, change nothing
             self._say(f"run '{self.run_dir}' already finished; nothing to do")
             return self._result(finished.get("knn_accuracy"))
@@ -218,10 +231,17 @@ class Trainer:
         if stopped:
             self._stop(metrics, f"stopped after step {self.step} (stop_after)")
             return self._result(None, stopped_early=True)
-        knn_acc = self._evaluate(metrics, self.step // self.steps_per_epoch)
-        self.save()
-        metrics.close()
-        self._finish(knn_acc, last_loss)
+        try:
+            knn_acc = self._evaluate(metrics, self.step // self.steps_per_epoch)
+            self.save()
+            metrics.close()
+            self._finish(knn_acc, last_loss)
+        except KeyboardInterrupt:  # Ctrl-C after the last step: the training is saved, its evaluation is not
+            metrics.close()
+            self.folder.close()
+            self._say(f"training finished at step {self.step} (checkpoint {self.folder.latest}); the final "
+                      f"evaluation was interrupted; finish it with: {self.folder.resume_command(self.world)}")
+            raise Interrupted(signal.SIGINT) from None
         self.folder.close()
         D.barrier()  # every rank returns after rank 0 has finished the run folder
         return self._result(knn_acc)
@@ -383,7 +403,7 @@ class Trainer:
             "random_init_knn_accuracy": b["random_knn"], "raw_pixel_knn_accuracy": b["raw_pixel_knn"],
             "final_loss": last_loss, "skipped_steps": self.skipped_steps,
             "train_seconds": round(self.train_seconds, 3),
-        })
+        }, self._say)
 
     def _result(self, knn_acc: float | None, stopped_early: bool = False) -> TrainResult:
         b = self.evaluator.baselines
@@ -439,16 +459,23 @@ class Trainer:
             for note in notes:  # a fallback to the previous checkpoint, as one line from rank 0
                 self._say(f"warning: {note}")
             if state.get("total_steps") != self.total_steps:
-                raise ConfigError(
-                    f"the checkpoint in '{self.run_dir}' was made for {state.get('total_steps')} steps, this "
-                    f"config gives {self.total_steps}; resume with the same epochs/batch_size/data"
-                )
+                raise StepsMismatch(self.run_dir, state.get("total_steps"), self.total_steps)
             self.load(state)
             self._say(f"resumed from {used} at step {self.step}")
         if not D.same_on_all_ranks(self.step, self.device):
             raise ConfigError(f"the processes found different checkpoints in '{self.run_dir}' (this one: step "
                               f"{self.step}); out_dir must be a folder every node sees")
         return found is not None
+
+
+class StepsMismatch(ConfigError):
+    """The run folder's checkpoint was made for another number of steps than this config gives."""
+
+    def __init__(self, run_dir: Path, saved: int | None, steps: int):
+        super().__init__(f"the checkpoint in '{run_dir}' was made for {saved} steps, this config gives {steps}; "
+                         "resume with the same epochs/batch_size/data, or use another run_name (or delete the "
+                         "run folder) to start over")
+        self.run_dir, self.saved, self.steps = run_dir, saved, steps
 
 
 class Interrupted(KeyboardInterrupt):
