@@ -390,7 +390,7 @@ def test_the_registry_names_runs_the_grids_have():
                 build_config([*base, *s])
     # the contrasts read the runs the statements speak of
     assert build_config([*grids.CLAIM_GRIDS["claims_collapse"].sizes["cpu"],
-                         *dict(grids.CLAIM_GRIDS["claims_collapse"].runs)["byol-no_predictor"]]).method["pred_layers"] == 0
+                         *dict(grids.CLAIM_GRIDS["claims_collapse"].runs_for("cpu"))["byol-no_predictor"]]).method["pred_layers"] == 0
 
 
 def test_reproduce_claims_trains_what_they_need_and_writes_the_verdicts(tmp_path, monkeypatch):

@@ -99,6 +99,24 @@ def _seed_folder(root: Path, label: str, seed: int) -> str:
     return f"{label}-s{seed}"
 
 
+def _split_roots(settings: list[str]) -> tuple[dict[str, str], list[str]]:
+    """``root.NAME=PATH``: the data root of every run whose dataset is ``NAME`` (a grid or a set of
+    grids may train on several datasets, e.g. ``root.cifar10=~/data root.stl10=~/stl10``)."""
+    from siamgrad.data.datasets import DATASETS
+
+    roots, rest = {}, []
+    for s in settings:
+        key, _, v = s.partition("=")
+        if key.startswith("root."):
+            name = key[len("root."):]
+            if name not in DATASETS or not v:
+                raise ConfigError(f"{s}: give root.NAME=PATH with NAME one of {', '.join(DATASETS)}")
+            roots[name] = v
+        else:
+            rest.append(s)
+    return roots, rest
+
+
 def _split_only(settings: list[str]) -> tuple[list[str] | None, list[str]]:
     """``only=a,b``: the labels of the runs to train (all when absent)."""
     only, rest = None, []
@@ -274,6 +292,7 @@ def run_experiment(name: str, settings: list[str] | None = None, out_dir: str = 
     size, extra = _split_size(list(settings or []))
     seeds, rest = _split_seeds(extra)
     only, run_extra = _split_only(rest)  # extra keeps only= and seeds= for the command shown in results.md
+    roots, run_extra = _split_roots(run_extra)
     if size not in exp.sizes:
         raise ConfigError(f"size={size} is not valid for '{name}'; choose one of: {', '.join(exp.sizes)}")
     runs = exp.runs_for(size)
@@ -306,7 +325,11 @@ def run_experiment(name: str, settings: list[str] | None = None, out_dir: str = 
     for folder, label, run_settings, seed in plan:
         run_dir = root / folder
         timing = run_dir / "timing.json"
-        cfg = build_config([*exp.sizes[size], *run_settings, *run_extra,
+        own = [*exp.sizes[size], *run_settings, *run_extra]
+        if roots:  # root.NAME=PATH: the data root of the runs on dataset NAME
+            name_ = build_config(own).data.name
+            own += [f"data.root={roots[name_]}"] if name_ in roots else []
+        cfg = build_config([*own,
                             f"out_dir={root}", f"run_name={folder}", "progress=false"])
         row: dict[str, Any] = {"run": label, "method": cfg.method.get("name")}
         if seed is not None:
@@ -489,7 +512,50 @@ def _write_results(root: Path, name: str, size: str, exp: Experiment, rows: list
         md += ["", f"Paper: {exp.paper}"]
     atomic_write_text(root / "results.md", "\n".join(md) + "\n")
     _plot(root / "results.png", name, size, exp, summary or rows)
+    if _plot_curves(root / "curves.png", root, name, size, rows):
+        md += ["", "Learning curves (kNN top-1 on the test split at every evaluation): ![curves](curves.png)"]
+        atomic_write_text(root / "results.md", "\n".join(md) + "\n")
     return root / "results.md"
+
+
+def _plot_curves(path: Path, root: Path, name: str, size: str, rows: list[dict]) -> bool:
+    """kNN against epoch for every run of the grid (a line per run, seeds in the same colour), from the
+    runs' ``metrics.jsonl``; False (nothing written) when no run evaluated more than once."""
+    import io as _io
+
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    from siamgrad.report.metrics import read_metrics
+
+    curves: dict[str, list[list[tuple[float, float]]]] = {}
+    for r in rows:
+        seed = r.get("seed")
+        folder = root / (r["run"] if seed is None else _seed_folder(root, r["run"], int(seed)))
+        if not (folder / "metrics.jsonl").is_file():
+            continue
+        pts = [(float(m["epoch"]), float(m["knn_acc"])) for m in read_metrics(folder)
+               if isinstance(m.get("knn_acc"), (int, float)) and isinstance(m.get("epoch"), (int, float))]
+        if len(pts) > 1:
+            curves.setdefault(r["run"], []).append(pts)
+    if not curves:
+        return False
+    fig = Figure(figsize=(7.5, 4.5))
+    ax = fig.subplots()
+    cmap = matplotlib.colormaps["tab20"]
+    for i, (label, seeds) in enumerate(curves.items()):
+        for k, pts in enumerate(seeds):
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=cmap(i % 20), lw=1.2, alpha=0.8,
+                    label=label if k == 0 else None)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("kNN top-1 (%)")
+    ax.set_title(f"{name} ({size}): learning curves")
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    atomic_write_bytes(path, lambda f: f.write(buf.getvalue()))
+    return True
 
 
 def _group(row: dict, hue: list[str]) -> str:
