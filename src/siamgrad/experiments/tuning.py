@@ -108,8 +108,9 @@ def _score(row: dict) -> float:
 
 
 def search(space: Space, size_settings: list[str], trials: list[dict], *, train: bool, out_dir: str,
-           extra: list[str], log: bool) -> tuple[dict[str, float], list[dict]]:
-    """The coordinate search of one method: (the chosen values, the trials it read or trained)."""
+           extra: list[str], log: bool, on_trial=None) -> tuple[dict[str, float], list[dict]]:
+    """The coordinate search of one method: (the chosen values, the trials it read or trained).
+    ``on_trial(row)`` is called after each trial trained."""
     choice = {a.key: a.start for a in space.axes}
     done = {r["settings"]: r for r in trials if r["method"] == space.method}
     seen: list[dict] = []
@@ -122,6 +123,8 @@ def search(space: Space, size_settings: list[str], trials: list[dict], *, train:
             if row is None and train:
                 row = _train(space, cand, size_settings, out_dir, extra, log)
                 done[settings] = row
+                if on_trial is not None:
+                    on_trial(row)
             if row is None:
                 continue
             seen.append({**row, "axis": axis.key, "value": f"{value:g}"})
@@ -184,17 +187,22 @@ def run_tuning(settings: list[str] | None = None, out_dir: str = "runs/reproduce
     path = Path(doc) if doc is not None else default_doc(out_dir)
     trials_path = path.with_suffix(".csv")
     trials = read_trials(trials_path)
-    results: dict[str, tuple[dict[str, float], list[dict]]] = {}
+    known = {(r["method"], r["settings"]): r for r in trials}
+
+    def keep(row: dict) -> None:  # every trial written as it ends: a stopped search keeps its trials
+        known[(row["method"], row["settings"])] = row
+        rows = list(known.values())
+        runner.write_csv(trials_path, [{f: r.get(f, "") for f in TRIAL_FIELDS} for r in rows], TRIAL_FIELDS)
+        atomic_write_text(path, report(rows))
+
     for name, space in SPACES.items():
         if only is not None and name not in only:
             continue
-        results[name] = search(space, CPU24, trials, train=train, out_dir=out_dir, extra=extra, log=log)
-        # every trial of every method so far, written after each method: a stopped search keeps its trials
-        known = {(r["method"], r["settings"]): r for r in trials}
-        for _, seen in results.values():
-            known.update({(r["method"], r["settings"]): r for r in seen})
-        trials = list(known.values())
-        runner.write_csv(trials_path, [{f: r.get(f, "") for f in TRIAL_FIELDS} for r in trials], TRIAL_FIELDS)
+        _, seen = search(space, CPU24, trials, train=train, out_dir=out_dir, extra=extra, log=log, on_trial=keep)
+        for r in seen:  # the axis each trial was read for
+            known[(r["method"], r["settings"])] = {**known.get((r["method"], r["settings"]), {}), **r}
+    trials = list(known.values())
+    runner.write_csv(trials_path, [{f: r.get(f, "") for f in TRIAL_FIELDS} for r in trials], TRIAL_FIELDS)
     atomic_write_text(path, report(trials))
     return path
 
