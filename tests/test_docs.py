@@ -41,11 +41,39 @@ def test_the_committed_claims_page_is_what_its_evidence_gives(tmp_path):
     assert (tmp_path / "claims.csv").read_text() == (ROOT / "docs" / "claims.csv").read_text()
 
 
-@pytest.mark.parametrize("module", ["siamgrad.experiments.stats", "siamgrad.experiments.provenance",
-                                    "siamgrad.diagnostics.features"])
+@pytest.mark.parametrize("module", [
+    "siamgrad.methods.registry", "siamgrad.models.backbones", "siamgrad.augment.multiview",
+    "siamgrad.core.objectives.contrastive", "siamgrad.core.objectives.asymmetric",
+    "siamgrad.core.objectives.decorrelation", "siamgrad.core.objectives.unigrad", "siamgrad.eval.knn",
+    "siamgrad.eval.linear", "siamgrad.experiments.stats", "siamgrad.experiments.provenance",
+    "siamgrad.experiments.tuning", "siamgrad.diagnostics.features"])
 def test_docstring_examples_run(module):
     import doctest
     import importlib
 
     res = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert res.attempted > 0 and res.failed == 0
+
+
+def test_every_siamgrad_name_in_the_docs_resolves():
+    """``siamgrad.a.b`` in README.md and docs/: a module, or an object of one."""
+    import importlib
+
+    names = {m for page in PAGES for m in re.findall(r"\bsiamgrad(?:\.[A-Za-z_]\w*)+", page.read_text())}
+    missing = []
+    for name in sorted(names):
+        parts = name.split(".")
+        for cut in range(len(parts), 0, -1):  # the longest importable module, then attributes
+            try:
+                obj = importlib.import_module(".".join(parts[:cut]))
+            except ImportError:
+                continue
+            try:
+                for attr in parts[cut:]:
+                    obj = getattr(obj, attr)
+            except AttributeError:
+                missing.append(name)
+            break
+        else:
+            missing.append(name)
+    assert names and not missing, f"names that resolve to nothing: {missing}"

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import re
 import shlex
 import shutil
 import signal

@@ -286,6 +286,11 @@ def build_augment(
     Unknown preset or field names raise a one-line :class:`ConfigError` listing the valid ones.
     ``local_views`` local crops use the same recipes at ``local_size`` (default
     :func:`default_local_size`) with the crop scale ``local_scale``.
+
+    >>> images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    >>> views = build_augment("cifar", size=24, n_views=2, local_views=2, local_size=12)(images)
+    >>> [tuple(v.shape) for v in views]
+    [(4, 3, 24, 24), (4, 3, 24, 24), (4, 3, 12, 12), (4, 3, 12, 12)]
     """
     if preset not in PRESETS:
         raise ConfigError(f"augment: unknown preset {preset!r}; valid presets: {', '.join(sorted(PRESETS))}")

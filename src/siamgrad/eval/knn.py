@@ -33,7 +33,15 @@ def knn_predict(
     num_classes: int | None = None,
     chunk: int = 1024,
 ) -> torch.Tensor:
-    """Predicted labels of ``test_features`` by similarity-weighted kNN over ``train_features``."""
+    """Predicted labels of ``test_features`` by similarity-weighted kNN over ``train_features``.
+
+    Cosine similarity on l2-normalized features, each neighbour's vote weighted by
+    ``exp(similarity / temperature)`` (the protocol of docs/evaluation.md):
+
+    >>> bank = torch.tensor([[1.0, 0.1], [1.0, -0.1], [-1.0, 0.1], [-1.0, -0.1]])
+    >>> knn_predict(bank, torch.tensor([0, 0, 1, 1]), torch.tensor([[2.0, 0.0], [-3.0, 0.5]]), k=2).tolist()
+    [0, 1]
+    """
     num_classes = num_classes or int(train_labels.max()) + 1
     train = F.normalize(train_features.float(), dim=1)
     k = min(k, len(train))

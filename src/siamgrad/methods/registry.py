@@ -448,6 +448,16 @@ def build(name: str, backbone: nn.Module, feature_dim: int, **options: Any) -> S
     """Build a registered method around ``backbone`` (images -> [N, feature_dim] features).
 
     Unknown method or option, or a bad value -> one-line :class:`ConfigError`.
+
+    >>> import torch
+    >>> from siamgrad.models.backbones import build_backbone
+    >>> backbone, dim = build_backbone("tiny")
+    >>> method = build("simclr", backbone, dim, temperature=0.2)
+    >>> views = [torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16)]  # two augmented batches
+    >>> loss, logs = method.training_step(views)
+    >>> loss.backward()
+    >>> loss.ndim, "loss" in logs
+    (0, True)
     """
     spec = _spec(name)
     if not isinstance(feature_dim, int) or isinstance(feature_dim, bool) or feature_dim < 1:

@@ -88,6 +88,11 @@ def build_backbone(name: str, cifar_stem: bool = True) -> tuple[nn.Module, int]:
     ``timm.create_model``, values read as YAML) when timm is installed, e.g.
     ``timm:vit_tiny_patch16_224,img_size=32,patch_size=4,dynamic_img_size=true`` (a patch-4 ViT-Tiny
     for 32 px images whose position embeddings are interpolated for smaller local crops).
+
+    >>> import torch
+    >>> net, dim = build_backbone("tiny")
+    >>> net(torch.zeros(2, 3, 32, 32)).shape[1] == dim
+    True
     """
     if name == "small":
         net = SmallResNet((32, 64, 128))

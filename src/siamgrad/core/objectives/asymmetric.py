@@ -41,12 +41,22 @@ __all__ = [
 
 
 def byol_loss(p: Tensor, z: Tensor) -> Tensor:
-    """``mean_i (2 - 2 cos(p_i, z_i))`` with ``z`` detached (one direction)."""
+    """``mean_i (2 - 2 cos(p_i, z_i))`` with ``z`` detached (one direction).
+
+    >>> z = torch.randn(4, 8)
+    >>> round(float(byol_loss(z, z)), 6), round(float(byol_loss(z, -z)), 6)  # aligned: 0; opposite: 4
+    (0.0, 4.0)
+    """
     return (2.0 - 2.0 * (l2n(p) * l2n(z.detach())).sum(dim=1)).mean()
 
 
 def simsiam_loss(p: Tensor, z: Tensor) -> Tensor:
-    """``-mean_i cos(p_i, z_i)`` with ``z`` detached (one direction)."""
+    """``-mean_i cos(p_i, z_i)`` with ``z`` detached (one direction).
+
+    >>> z = torch.randn(4, 8)
+    >>> round(float(simsiam_loss(z, 3 * z)), 6)  # the cosine ignores the scale
+    -1.0
+    """
     return -(l2n(p) * l2n(z.detach())).sum(dim=1).mean()
 
 

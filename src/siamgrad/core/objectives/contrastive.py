@@ -65,7 +65,15 @@ def batch_contrastive_loss(anchor: Tensor, positive: Tensor, negatives: list[Ten
 
 
 def nt_xent_loss(z1: Tensor, z2: Tensor, tau: float) -> Tensor:
-    """SimCLR's NT-Xent: the mean over the 2N anchors of both views, 2N - 2 negatives each."""
+    """SimCLR's NT-Xent: the mean over the 2N anchors of both views, 2N - 2 negatives each.
+
+    Two orthogonal samples seen identically in both views, temperature 1: each anchor has its
+    positive at cosine 1 and two negatives at 0, so the loss is ``log(1 + 2/e)``.
+
+    >>> import math
+    >>> round(float(nt_xent_loss(torch.eye(2), torch.eye(2), tau=1.0)), 4), round(math.log(1 + 2 / math.e), 4)
+    (0.5514, 0.5514)
+    """
     return 0.5 * (
         batch_contrastive_loss(z1, z2, [z1, z2], tau) + batch_contrastive_loss(z2, z1, [z2, z1], tau)
     )

@@ -24,7 +24,14 @@ __all__ = ["unigrad_loss", "unigrad_gradient"]
 
 
 def unigrad_loss(online: Tensor, target: Tensor, F: Tensor, lam: float) -> Tensor:
-    """``mean_i [-cos(u1_i, u2^m_i) + (lam/2) u1_i^T F u1_i]`` with ``u = l2n(.)``; ``target`` and ``F`` detached."""
+    """``mean_i [-cos(u1_i, u2^m_i) + (lam/2) u1_i^T F u1_i]`` with ``u = l2n(.)``; ``target`` and ``F`` detached.
+
+    With ``F = I`` the negative term is ``lam/2`` for every unit vector:
+
+    >>> z = torch.randn(4, 8)
+    >>> round(float(unigrad_loss(z, z, torch.eye(8), lam=2.0)), 6)  # -1 + 2/2
+    0.0
+    """
     u = l2n(online)
     t = l2n(target.detach())
     pos = -(u * t).sum(dim=1)
