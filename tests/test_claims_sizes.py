@@ -58,7 +58,7 @@ def roots(tmp_path_factory):
             f"root.imagefolder={_image_folder(tmp / 'inet')}"]
 
 
-@pytest.mark.parametrize("size", ["paper", "cpu24"])
+@pytest.mark.parametrize("size", ["paper", "cpu24", "gpu"])
 def test_every_claim_runs_end_to_end_at_the_size_in_smoke_mode(size, roots, tmp_path):
     doc = tmp_path / "claims.md"
     C.run_claims([f"size={size}", "smoke=true", "seeds=1", *roots, f"doc={doc}"], out_dir=str(tmp_path / "runs"),
@@ -74,7 +74,7 @@ def test_every_claim_runs_end_to_end_at_the_size_in_smoke_mode(size, roots, tmp_
 
 def test_every_claims_run_builds_at_every_size():
     """The sizes not trained above: every run the claims read resolves to a valid config."""
-    for size in ("cpu", "cpu24", "gpu_subset", "paper"):
+    for size in ("cpu", "cpu24", "gpu", "paper"):
         claims = [cl.at(size) for cl in C.CLAIMS]
         for g, labels in C.claim_runs(claims).items():
             exp = grids.find(g)

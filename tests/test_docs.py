@@ -30,15 +30,17 @@ def test_the_docs_name_no_missing_markdown_page():
     assert named and not [n for n in sorted(named) if not (ROOT / n).exists()]
 
 
-def test_the_committed_claims_page_is_what_its_evidence_gives(tmp_path):
-    """``siamgrad reproduce claims size=cpu train=false`` regenerates docs/claims.md from docs/claims.csv
-    alone (no run folders): the page cannot drift from its numbers."""
-    shutil.copy(ROOT / "docs" / "claims.csv", tmp_path / "claims.csv")
-    doc = C.run_claims(["size=cpu", "train=false", f"doc={tmp_path / 'claims.md'}"], out_dir=str(tmp_path / "none"),
+@pytest.mark.parametrize("size", ["cpu", "gpu"])
+def test_the_committed_claims_page_is_what_its_evidence_gives(tmp_path, size):
+    """``siamgrad reproduce claims size=S train=false`` regenerates docs/claims*.md from its .csv alone
+    (no run folders): the page cannot drift from its numbers."""
+    name = C.report_name(size)
+    shutil.copy(ROOT / "docs" / name.replace(".md", ".csv"), tmp_path / name.replace(".md", ".csv"))
+    doc = C.run_claims([f"size={size}", "train=false", f"doc={tmp_path / name}"], out_dir=str(tmp_path / "none"),
                        log=False)
-    assert doc.read_text() == (ROOT / "docs" / "claims.md").read_text(), \
-        "docs/claims.md is stale: run `siamgrad reproduce claims size=cpu train=false` from the checkout"
-    assert (tmp_path / "claims.csv").read_text() == (ROOT / "docs" / "claims.csv").read_text()
+    assert doc.read_text() == (ROOT / "docs" / name).read_text(), \
+        f"docs/{name} is stale: run `siamgrad reproduce claims size={size} train=false` from the checkout"
+    assert doc.with_suffix(".csv").read_text() == (ROOT / "docs" / name.replace(".md", ".csv")).read_text()
 
 
 @pytest.mark.parametrize("module", [

@@ -261,24 +261,27 @@ def test_benchmark_peer_pipeline_applies_the_recipe():
     assert [tuple(t.shape) for t in ours] == [(4, 3, 8, 8)] * 2
 
 
-def test_gpu_subset_size_is_the_cpu_grid_with_resnet18_for_fifty_times_the_epochs():
+def test_the_gpu_size_trains_full_cifar10_with_resnet18_at_each_methods_cifar_recipe():
     from siamgrad.config import uses_cifar_stem
     from siamgrad.experiments import claims
 
     every = {**grids.EXPERIMENTS, **grids.CLAIM_GRIDS}
-    on_subset = [n for n, e in every.items() if f"data.root={grids.SUBSET}" in e.sizes["cpu"]]
-    assert len(on_subset) >= 9 and "digits_methods" not in on_subset
-    for name in on_subset:
+    with_gpu = [n for n, e in every.items() if "gpu" in e.sizes]
+    assert set(claims.claim_runs([cl.at("gpu") for cl in claims.CLAIMS])) <= set(with_gpu)
+    lr = {"simclr": 0.4, "moco": 0.3, "byol": 1.0, "simsiam": 0.5, "barlow_twins": 0.3, "vicreg": 0.3}
+    for name in with_gpu:
         exp = every[name]
-        cpu_runs, gpu_runs = exp.runs_for("cpu"), exp.runs_for("gpu_subset")
-        assert [label for label, _ in gpu_runs] == [label for label, _ in cpu_runs], name
-        for (label, c), (_, g) in zip(cpu_runs, gpu_runs):
-            cpu = build_config([*exp.sizes["cpu"], *c])
-            gpu = build_config([*exp.sizes["gpu_subset"], *g])
-            assert (gpu.backbone, uses_cifar_stem(gpu)) == ("resnet18", True), (name, label)
-            assert gpu.epochs == 50 * cpu.epochs and gpu.eval.every == gpu.epochs // 10, (name, label)
-            assert gpu.method == cpu.method and gpu.augment == cpu.augment and gpu.data == cpu.data, (name, label)
-    assert set(claims.claim_runs(claims.CLAIMS)) <= set(on_subset)  # every claim reads at this size
+        for label, s in exp.runs_for("gpu"):
+            cfg = build_config([*exp.sizes["gpu"], *s])
+            assert (cfg.backbone, uses_cifar_stem(cfg), cfg.data.name, cfg.data.root) == \
+                ("resnet18", True, "cifar10", None), (name, label)
+            assert (cfg.epochs, cfg.batch_size) == (grids.GPU_EPOCHS, 256), (name, label)
+            m = cfg.method["name"]
+            if cfg.method.get("form", "original") == "original" and m in lr and name != "unigrad_lambda":
+                # solo-learn's CIFAR recipe (scripts/pretrain/cifar/METHOD.yaml)
+                assert cfg.optim.lr == lr[m], (name, label)
+                assert cfg.optim.name == ("sgd" if m in ("moco", "simsiam") else "lars"), (name, label)
+                assert cfg.optim.name == "sgd" or cfg.optim.lars_eta == 0.02, (name, label)
 
 
 def test_only_adds_to_the_table_an_earlier_only_wrote(tmp_path, monkeypatch):

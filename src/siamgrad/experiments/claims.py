@@ -100,6 +100,15 @@ SIZE_NOTES: dict[str, str] = {
            "afresh at commit 77c9c23 on an AMD EPYC with `siamgrad.eval.knn.raw_pixel_features` and "
            "`knn_accuracy` (k 200, temperature 0.1) and added to the evidence; the runs' random-init figures "
            "were not kept (docs/experiments.md gives 28.5-30.2%, below the raw pixels)",
+    "gpu": "full CIFAR-10 (50,000 training and 10,000 test images), a CIFAR-stem ResNet-18 for 200 epochs at "
+           "batch 256, each method's original loss at solo-learn's CIFAR recipe (DirectPred and UniGrad at their "
+           "own code's settings), the gradient forms at UniGrad's; `siamgrad reproduce claims size=gpu "
+           "data.root=CIFAR10` (or data.download=true). Not yet measured: no GPU has run it. Estimate: a run moves "
+           "200 x 50,000 x 2 = 20 M view-images; at the GPU suite's compiled bf16 rate for this network on one "
+           "H100 (about 72 k view-images/s, DESIGN.md section 7) that is about 5 minutes, 6 with the kNN "
+           "evaluations, and the claims need about 49 run-equivalents per seed (4 views count twice, 8 views four "
+           "times), so about 25 GPU-hours at 5 seeds, more where the 8192-d heads and momentum encoders slow the "
+           "step",
 }
 
 
@@ -494,11 +503,12 @@ CLAIMS: list[Claim] = [
           _alike("small_projectors", [("vicreg-d128-cov50", "vicreg-d512-cov12.5"),
                                       ("bt-d128-lambd0.04", "bt-d512-lambd0.01")]),
           "a 128-256-d projector with the width-scaled weight matches an 8192-d one", "projector-width experiments",
-          "d=128 with its width's weight vs d=512 with its own (the CPU grid's widest); at paper size the "
-          "paper's pair, d=256 with the width-scaled weight vs d=8192 with the default one",
+          "d=128 with its width's weight vs d=512 with its own (the CPU grid's widest); at the paper and gpu "
+          "sizes the paper's pair, d=256 with the width-scaled weight vs d=8192 with the default one",
           _SMALL_PROJ_MARGIN,
-          contrasts_at=(("paper", _alike("small_projectors", [("vicreg-d256-scaled", "vicreg-d8192-default"),
-                                                               ("bt-d256-scaled", "bt-d8192-default")])),)),
+          contrasts_at=tuple((size, _alike("small_projectors", [("vicreg-d256-scaled", "vicreg-d8192-default"),
+                                                                ("bt-d256-scaled", "bt-d8192-default")]))
+                             for size in ("paper", "gpu"))),
     Claim("m", _SP, "more views per image reach a given accuracy in fewer epochs",
           _greater("many_views", [("vicreg-M4-data100", "vicreg-M2-data100"), ("bt-M4-data100", "bt-M2-data100")],
                    metric="knn_full_train"),
@@ -519,8 +529,9 @@ CLAIMS: list[Claim] = [
           "curve (the usual setting's over the recommended one's, geometric mean over seeds). A seed whose run "
           "never reached it leaves the pair out. Timed by train_seconds, so run it alone on the machine",
           "any speed-up (a ratio above 1); the paper's 2x is the figure to compare it with",
-          contrasts_at=(("paper", (Contrast("claims_speed", "vicreg-d8192-M2", "vicreg-d256-M4", "greater", 1.0,
-                                            f"minutes_to_knn@{_PAPER_SPEED_TARGET:g}", ratio=True),)),)),
+          contrasts_at=tuple((size, (Contrast("claims_speed", "vicreg-d8192-M2", "vicreg-d256-M4", "greater", 1.0,
+                                              f"minutes_to_knn@{_PAPER_SPEED_TARGET:g}", ratio=True),))
+                             for size in ("paper", "gpu"))),
     Claim("p", _UG, "UniGrad improves with multi-crop and with CutMix",
           _greater("unigrad_table3", [("unigrad-multicrop", "unigrad"), ("unigrad-cutmix", "unigrad")]),
           "CutMix and multi-crop each raise UniGrad's linear accuracy (per-setting figures not transcribed here); "
@@ -740,7 +751,7 @@ def run_claims(settings: list[str] | None = None, out_dir: str = "runs/reproduce
     path = Path(doc) if doc is not None else default_doc(size, out_dir)
     ev = read_evidence(evidence_path(path))
     fresh = claim_values(claims, load_results(out_dir, size, list(need)))
-    if not ev.values and not fresh.values:
+    if not evidence_path(path).is_file() and not fresh.values:  # an evidence file, even empty, is a page to write
         raise ConfigError(f"no runs of the claims found under '{out_dir}' for size={size} (no "
                           f"GRID-{size}/results.csv there) and no evidence file at {evidence_path(path)}; "
                           "train them (drop train=false) or point --out at the folder that holds them")

@@ -3,9 +3,10 @@
 :data:`EXPERIMENTS` holds the papers' grids, :data:`CLAIM_GRIDS` the runs the claims need that no
 paper grid holds; both are run by :func:`siamgrad.experiments.runner.run_experiment`
 (``siamgrad reproduce NAME``). Sizes: ``cpu`` (the shared CIFAR-10 subset or the embedded digits,
-under 30 minutes on 2 CPU cores), ``gpu_subset`` (the CPU runs with a CIFAR-stem ResNet-18 for 50
-times the epochs, every grid on the subset), ``paper`` (full datasets and the papers' settings,
-for a GPU) and, for some, ``paper_stl10``.
+under 30 minutes on 2 CPU cores), ``cpu24`` (the claims' CPU size: the CPU preset's shape for 12
+epochs, each method with its tuned values), ``gpu`` (full CIFAR-10, a CIFAR-stem ResNet-18 for 200
+epochs, each method at a published CIFAR recipe), ``paper`` (full datasets and the papers'
+settings, for a GPU) and, for some, ``paper_stl10``.
 
 Grids (see ``docs/experiments.md`` for the settings, budgets and measured results):
 
@@ -403,22 +404,67 @@ EXPERIMENTS: dict[str, Experiment] = {
     ),
 }
 
-# The gpu_subset size: a grid's CPU runs on the same subset, with a CIFAR-stem ResNet-18 and 50 times
-# the CPU epochs (150-500 epochs of 5,085 images, minutes per run on one GPU), kNN every tenth of
-# the run; the run labels stay, so every claim reads at this size too. For the effects that need
-# a longer schedule than the CPU's few epochs.
-GPU_SUBSET_EPOCHS = 50
+# The gpu size: what a GPU user runs. Full CIFAR-10 (give data.root=, or data.download=true), a
+# CIFAR-stem ResNet-18 for 200 epochs at batch 256, kNN every 20 epochs, each method's original loss
+# at solo-learn's CIFAR recipe (vturrisi/solo-learn scripts/pretrain/cifar/METHOD.yaml, which report
+# 90.5-92.9% linear at 1000 epochs): its heads, optimizer (LARS with trust coefficient 0.02, biases
+# and norms excluded, where it uses LARS), learning rate per 256 images, weight decay, EMA momentum
+# and loss coefficients, with solo-learn's warm-up cosine schedule (10 warm-up epochs). DirectPred
+# has no solo-learn recipe: its own code's CIFAR setting (the paper size's); UniGrad neither: its
+# reference settings (the paper size's). The gradient forms take UniGrad's reference setup, as at
+# the paper size. docs/claims_gpu.md estimates the GPU-hours from the GPU suite's figures.
+GPU_EPOCHS = 200
+_GPU = ["preset=cifar10_resnet18", "epochs=200", "batch_size=256", "eval.every=20", "diag.gradients=false",
+        "diag.collapse=warn", "diag.report=false"]
+_SOLO_LARS = ["optim.name=lars", "optim.lars_eta=0.02"]
+_SOLO_WARMUP = ["optim.warmup_epochs=10"]
+_GPU_ORIGINAL = {
+    "simclr": ["method=simclr", "method.proj_hidden_dim=2048", "method.proj_output_dim=256", "method.proj_layers=2",
+               "method.temperature=0.2", "method.view_bn=joint", *_SOLO_LARS, "optim.lr=0.4",
+               "optim.weight_decay=1e-4", *_SOLO_WARMUP],
+    "moco": ["method=moco", "method.proj_hidden_dim=2048", "method.proj_output_dim=256", "method.proj_layers=2",
+             "method.temperature=0.2", "method.queue_size=32768", "method.momentum=0.99",
+             "method.momentum_schedule=cosine", "optim.name=sgd", "optim.lr=0.3", "optim.weight_decay=1e-4",
+             *_SOLO_WARMUP],
+    "byol": ["method=byol", "method.proj_hidden_dim=4096", "method.proj_output_dim=256", "method.proj_layers=2",
+             "method.pred_hidden_dim=4096", "method.momentum=0.99", "method.momentum_schedule=cosine", *_SOLO_LARS,
+             "optim.lr=1.0", "optim.weight_decay=1e-5", *_SOLO_WARMUP],
+    "simsiam": ["method=simsiam", "method.proj_hidden_dim=2048", "method.proj_output_dim=2048",
+                "method.pred_hidden_dim=512", "optim.name=sgd", "optim.lr=0.5", "optim.weight_decay=1e-5",
+                *_SOLO_WARMUP],
+    "directpred": _PAPER_ORIGINAL["directpred"],
+    "barlow_twins": ["method=barlow_twins", "method.proj_hidden_dim=2048", "method.proj_output_dim=2048",
+                     "method.proj_layers=3", "method.lambd=0.0051", *_SOLO_LARS, "optim.lr=0.3",
+                     "optim.weight_decay=1e-4", *_SOLO_WARMUP],
+    "vicreg": ["method=vicreg", "method.proj_hidden_dim=2048", "method.proj_output_dim=2048", "method.proj_layers=3",
+               "method.sim_weight=25", "method.var_weight=25", "method.cov_weight=1", *_SOLO_LARS, "optim.lr=0.3",
+               "optim.weight_decay=1e-4", *_SOLO_WARMUP],
+}
+_GPU_OPTS = {**_GPU_ORIGINAL, "unigrad": _PAPER_UNIGRAD}
+_GPU_VIEWS = [("bt", _GPU_ORIGINAL["barlow_twins"]), ("vicreg", _GPU_ORIGINAL["vicreg"])]
+_GPU_RUNS: dict[str, Runs] = {
+    "methods": [(m, _GPU_OPTS[m]) for m in _CPU_OPTS],
+    "unigrad_table1": _table1(_GPU_OPTS, _PAPER_GRADIENT),
+    "unigrad_table2": _table2(_GPU_OPTS, _PAPER_GRADIENT, []),
+    "unigrad_table3": _table3(_PAPER_UNIGRAD, _MULTICROP_CPU),
+    "local_predictor": [(label, [*s, *_MULTICROP_CPU]) for label, s in _local_predictor(_GPU_OPTS)],
+    "directpred": _directpred(_GPU_ORIGINAL["byol"], _GPU_ORIGINAL["directpred"]),
+    "small_projectors": [(f"{tag}-d{d}-{'scaled' if sc else 'default'}",
+                          [*_GPU_ORIGINAL[m], *_width(d), f"method.width_scaled={str(sc).lower()}"])
+                         for m, tag in (("barlow_twins", "bt"), ("vicreg", "vicreg"))
+                         for d in (128, 256, 512, 1024, 2048, 8192) for sc in (False, True)],
+    "unigrad_lambda": [(f"unigrad-lam{lam:g}", [*_PAPER_UNIGRAD, f"method.lam={lam}"])
+                       for lam in (25.0, 50.0, 100.0, 200.0, 400.0)],
+    "many_views": _views(_VIEWS_PAPER, _GPU_VIEWS),
+}
 
 
-def with_gpu_subset(exp: Experiment) -> Experiment:
-    """Add the ``gpu_subset`` size to a grid trained on the CIFAR-10 subset at ``cpu`` size."""
-    cpu = exp.sizes["cpu"]
-    epochs = next(int(s.partition("=")[2]) for s in reversed(cpu) if s.startswith("epochs="))
-    longer = epochs * GPU_SUBSET_EPOCHS
-    exp.sizes["gpu_subset"] = [*(s for s in cpu if not s.startswith("epochs=")), "backbone=resnet18",
-                               "cifar_stem=true", f"epochs={longer}", f"eval.every={longer // 10}"]
-    if isinstance(exp.runs, dict):
-        exp.runs["gpu_subset"] = exp.runs["cpu"]
+def with_gpu(exp: Experiment, runs: Runs, extra: list[str] | None = None) -> Experiment:
+    """Add the ``gpu`` size (see above) to a grid, with ``runs`` and the grid's own ``extra`` settings."""
+    exp.sizes["gpu"] = [*_GPU, *(extra or [])]
+    if not isinstance(exp.runs, dict):
+        exp.runs = {size: exp.runs for size in exp.sizes if size != "gpu"}
+    exp.runs["gpu"] = runs
     return exp
 
 
@@ -483,10 +529,20 @@ def with_cpu24(exp: Experiment) -> Experiment:
     return exp
 
 
-for _exp in [*EXPERIMENTS.values(), *CLAIM_GRIDS.values()]:
+_GPU_RUNS |= {
+    "claims_collapse": [("byol-no_predictor", [*_GPU_ORIGINAL["byol"], "method.pred_layers=0"]),
+                        ("simsiam-no_predictor", [*_GPU_ORIGINAL["simsiam"], "method.pred_layers=0"]),
+                        ("byol-predictor", _GPU_ORIGINAL["byol"]), ("simsiam-predictor", _GPU_ORIGINAL["simsiam"])],
+    "claims_speed": [("vicreg-d8192-M2", [*_GPU_ORIGINAL["vicreg"], *_width(8192)]),
+                     ("vicreg-d256-M4", [*_GPU_ORIGINAL["vicreg"], *_width(256), "method.width_scaled=true",
+                                         "augment.n_views=4"])],
+}
+
+for _name, _exp in [*EXPERIMENTS.items(), *CLAIM_GRIDS.items()]:
     if f"data.root={SUBSET}" in _exp.sizes.get("cpu", []):
-        with_gpu_subset(_exp)
         with_cpu24(_exp)
+    if _name in _GPU_RUNS:  # claims_speed: a learning curve fine enough to time (o) on
+        with_gpu(_exp, _GPU_RUNS[_name], ["eval.every=5"] if _name == "claims_speed" else None)
 
 
 def available() -> list[str]:

@@ -5,8 +5,9 @@
 
 Every experiment has a ``cpu`` size (the shared CIFAR-10 subset or the embedded digits, designed to
 finish in under 30 minutes on 2 CPU cores) and a ``paper`` size (full datasets and ResNets, for a
-GPU); those on the subset also have ``gpu_subset`` (the CPU runs with a CIFAR-stem ResNet-18 for
-50 times the epochs: minutes per run on one GPU), some have more (``paper_stl10``). Each run of the grid is an ordinary ``siamgrad train`` run in
+GPU); those on the subset also have ``cpu24`` (the claims' CPU size) and most have ``gpu`` (full
+CIFAR-10, a CIFAR-stem ResNet-18 for 200 epochs, each method at a published CIFAR recipe), some
+have more (``paper_stl10``). Each run of the grid is an ordinary ``siamgrad train`` run in
 ``OUT/NAME-SIZE/LABEL``; a run that already finished is not repeated, so an interrupted grid
 continues where it stopped. Settings given on the command line apply to every run (after the
 grid's own); ``only=a,b`` trains only the runs labelled ``a`` and ``b``. The results are collected into ``results.csv``, ``results.md`` and ``results.png`` in

@@ -44,8 +44,8 @@ def byol_loss(p: Tensor, z: Tensor) -> Tensor:
     """``mean_i (2 - 2 cos(p_i, z_i))`` with ``z`` detached (one direction).
 
     >>> z = torch.randn(4, 8)
-    >>> round(float(byol_loss(z, z)), 6), round(float(byol_loss(z, -z)), 6)  # aligned: 0; opposite: 4
-    (0.0, 4.0)
+    >>> abs(float(byol_loss(z, z))) < 1e-6, round(float(byol_loss(z, -z)), 5)  # aligned: 0; opposite: 4
+    (True, 4.0)
     """
     return (2.0 - 2.0 * (l2n(p) * l2n(z.detach())).sum(dim=1)).mean()
 

@@ -140,8 +140,8 @@ def barlow_twins_loss(zs: list[Tensor], lambd: float, l2: bool = False, eps: flo
     exactly the identity, hence no loss:
 
     >>> z = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])
-    >>> round(float(barlow_twins_loss([z, z], lambd=0.005)), 6)
-    0.0
+    >>> abs(float(barlow_twins_loss([z, z], lambd=0.005))) < 1e-6
+    True
     """
     if len(zs) == 2:
         on, off = barlow_twins_terms(zs[0], zs[1], l2, eps)
