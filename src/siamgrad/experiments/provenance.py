@@ -20,10 +20,14 @@ import torch
 FIELDS = ("commit", "cpu", "torch", "threads")
 
 
-@functools.lru_cache(maxsize=1)
 def commit() -> str:
-    """The short commit of the checkout siamgrad runs from, ``+dirty`` when tracked files changed;
-    ``unknown`` outside a git checkout (an installed wheel)."""
+    """The short commit of the checkout this process's siamgrad was imported from, ``+dirty`` when
+    tracked files had changed; ``unknown`` outside a git checkout (an installed wheel). Read when
+    this module is imported: a process runs the code it loaded, whatever lands after."""
+    return _COMMIT
+
+
+def _read_commit() -> str:
     here = Path(__file__).resolve().parent
     try:
         head = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -53,3 +57,6 @@ def provenance(threads: int | None = None) -> dict[str, str | int]:
     """``commit``, ``cpu``, ``torch`` and ``threads`` (torch's intra-op threads unless given)."""
     return {"commit": commit(), "cpu": cpu_model(), "torch": torch.__version__,
             "threads": int(threads if threads is not None else torch.get_num_threads())}
+
+
+_COMMIT = _read_commit()
