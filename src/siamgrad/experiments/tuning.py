@@ -31,7 +31,7 @@ from pathlib import Path
 from siamgrad.checkpoint import atomic_write_text
 from siamgrad.errors import ConfigError
 from siamgrad.experiments import runner
-from siamgrad.experiments.grids import _CPU_OPTS, CPU24, Experiment
+from siamgrad.experiments.grids import _CPU_OPTS, CPU24, SUBSET, Experiment
 from siamgrad.experiments.provenance import FIELDS as PROVENANCE_FIELDS
 
 
@@ -219,7 +219,8 @@ def chosen(trials: list[dict]) -> dict[str, dict[str, float]]:
 def report(trials: list[dict]) -> str:
     picks = chosen(trials)
     lines = ["# Equal tuning of every method", "",
-             "Each method's original loss at the claims' CPU size (`" + " ".join(CPU24) + "`), one seed, searched "
+             "Each method's run at the claims' CPU size (`" + " ".join(CPU24).replace(SUBSET, "../shared/data/cifar10-subset")
+             + "`), one seed, searched "
              "coordinate-wise over the same kind of axes (its own coefficient, its EMA momentum where it has one, "
              "the learning rate), three candidates each, scored by kNN top-1 on the validation split carved from "
              "the training images (20% of every class), never the test split. The spaces are data in "
