@@ -32,11 +32,13 @@ def _checkpoint(run_dir: Path) -> Path | None:
 
 
 def compute_embedding(run_dir: str | Path, cache_dir: str | Path | None = None, *, max_points: int = MAX_POINTS,
-                      seed: int = 0) -> dict[str, Any]:
+                      seed: int = 0, given: tuple | None = None) -> dict[str, Any]:
     """``{"xy", "labels", "classes", "step", "points", "total", ...}``, or ``{"error": why}``.
 
     ``xy``: one ``[x, y]`` per shown test image; ``labels``: their class indices; ``total``: the
     size of the test split. Cached in ``cache_dir/embedding.json`` (default ``run_dir/report``).
+    ``given``: ``(features, labels, classes)`` of the whole test split, already computed from the
+    checkpoint's backbone (the trainer's), instead of loading the checkpoint and the data.
     """
     run_dir = Path(run_dir)
     ckpt = _checkpoint(run_dir)
@@ -61,22 +63,36 @@ def compute_embedding(run_dir: str | Path, cache_dir: str | Path | None = None, 
     from siamgrad.eval.checkpoint import labeled_sets
     from siamgrad.eval.features import extract_features, load_backbone
 
-    try:
-        backbone, state = load_backbone(str(ckpt))
-        cfg = from_dict(state["config"])
-        _, test, size = labeled_sets(cfg, state)
-    except SiamgradError as e:
-        return {"error": str(e)}
-    n = len(test)
+    if given is None:
+        try:
+            backbone, state = load_backbone(str(ckpt))
+            cfg = from_dict(state["config"])
+            _, test, size = labeled_sets(cfg, state)
+        except SiamgradError as e:
+            return {"error": str(e)}
+        labels, classes, n = test.labels, list(test.classes), len(test)
+    else:
+        import yaml
+
+        features, labels, classes = given
+        n = len(labels)
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        data = saved.get("data") or {}
+        step = json.loads((run_dir / "results.json").read_text()).get("step", 0) if (run_dir / "results.json").is_file() else 0
     idx = torch.arange(n)
     if n > max_points:
         idx = torch.sort(torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_points]).values
-    feats = extract_features(backbone, test.images[idx], tuple(state["mean"]), tuple(state["std"]), size=size)
+    if given is None:
+        feats = extract_features(backbone, test.images[idx], tuple(state["mean"]), tuple(state["std"]), size=size)
+        dataset, split, step = cfg.data.name, cfg.data.test_split, int(state.get("step", 0))
+    else:
+        feats = features[idx].float()
+        dataset, split = data.get("name"), data.get("test_split", "test")
     x = torch.nn.functional.normalize(feats, dim=1).numpy().astype(np.float64)
     xy = tsne_2d(x, seed)
-    out = {"key": key, "xy": np.round(xy, 4).tolist(), "labels": test.labels[idx].tolist(),
-           "classes": list(test.classes), "step": int(state.get("step", 0)), "points": int(len(idx)),
-           "total": n, "dataset": cfg.data.name, "split": cfg.data.test_split, "seed": seed}
+    out = {"key": key, "xy": np.round(xy, 4).tolist(), "labels": labels[idx].tolist(),
+           "classes": list(classes), "step": int(step), "points": int(len(idx)),
+           "total": n, "dataset": dataset, "split": split, "seed": seed}
     try:
         atomic_write_json(cache, out)
     except OSError:  # a read-only run folder: the picture is still drawn

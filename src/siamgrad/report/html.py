@@ -147,7 +147,8 @@ def evaluation_rows(run: RunData) -> list[list[Any]]:
     return rows
 
 
-def analyze_run(run_dir: str | Path, out_dir: str | Path | None = None, embedding: bool = True) -> Path:
+def analyze_run(run_dir: str | Path, out_dir: str | Path | None = None, embedding: bool = True,
+                test_features: tuple | None = None) -> Path:
     """Write the plots and ``report.html`` of one run; returns the path of ``report.html``.
 
     ``out_dir`` defaults to ``run_dir/report``. Always writes ``loss.png`` and ``knn.png`` (a
@@ -155,6 +156,8 @@ def analyze_run(run_dir: str | Path, out_dir: str | Path | None = None, embeddin
     ``rank.png`` only when the run logged the diagnostics they need; with ``embedding``,
     ``embedding.png``: t-SNE of the test features from the run's checkpoint
     (:mod:`siamgrad.report.embedding`; a note when there is no checkpoint or labeled test split).
+    ``test_features``: ``(features, labels, classes)`` of the whole test split from the caller's
+    memory (the trainer's last kNN), so that the embedding reads no checkpoint and no data.
     """
     run = load_run(run_dir)
     out = Path(out_dir) if out_dir is not None else run.run_dir / "report"
@@ -165,7 +168,7 @@ def analyze_run(run_dir: str | Path, out_dir: str | Path | None = None, embeddin
     if embedding:
         from siamgrad.report.embedding import compute_embedding
 
-        emb = compute_embedding(run.run_dir, out)
+        emb = compute_embedding(run.run_dir, out, given=test_features)
         emb_png = plot_embedding(emb, out / "embedding.png", f"Test features, t-SNE - {plot_title(run)}")
     plots: list[tuple[str, Path | None, str]] = [
         ("Loss", plot_loss(run, out / "loss.png"), ""),

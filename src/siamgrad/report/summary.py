@@ -129,15 +129,24 @@ def _demo(run_dir: Path) -> dict | None:
 
     if os.environ.get("RANK", "0") != "0":
         return None
+    before = _results_mtime(run_dir)
     try:
         fig = demo_figures(run_dir)
     except SiamgradError:
         return None
-    if (run_dir / "report" / "report.html").is_file():
+    # the figures had to be computed (a run trained before the trainer kept them): the report shows them too
+    if _results_mtime(run_dir) != before and (run_dir / "report" / "report.html").is_file():
         from siamgrad.report.html import analyze_run
 
         analyze_run(run_dir)
     return fig
+
+
+def _results_mtime(run_dir: Path) -> int | None:
+    try:
+        return (run_dir / "results.json").stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 def _demo_verdict(few: dict, lin: dict) -> str:

@@ -387,23 +387,36 @@ class Trainer:
         return acc
 
     def _finish(self, knn_acc: float | None, last_loss: float) -> None:
-        """The report and ``results.json`` of a finished run (rank 0)."""
+        """The end of a finished run, in stages (rank 0): evaluate with the backbone and the sets in
+        memory, write results.json once, render the report once from it. The summary printed
+        after is then a formatter of results.json: it reads no checkpoint and no data."""
         if not self.is_main:
             return
-        if self.cfg.diag.report:
-            from siamgrad.report.html import analyze_run
-
-            try:
-                self._say(f"report: {analyze_run(self.run_dir)}")
-            except Exception as e:  # a plotting problem must not lose a finished run
-                self._say(f"warning: could not write the report ({type(e).__name__}: {e})")
         b = self.evaluator.baselines
-        self.folder.write_results({
+        results: dict[str, Any] = {
             "step": self.step, "knn_accuracy": knn_acc, "best_knn_accuracy": self.evaluator.best_knn,
             "random_init_knn_accuracy": b["random_knn"], "raw_pixel_knn_accuracy": b["raw_pixel_knn"],
             "final_loss": last_loss, "skipped_steps": self.skipped_steps,
             "train_seconds": round(self.train_seconds, 3),
-        }, self._say)
+        }
+        if self.cfg.data.name == "digits" and knn_acc is not None:
+            # the demo's figures (report/summary.py): few labels and the linear probe, beside the
+            # same network at initialization (seeded as siamgrad eval seeds it) and raw pixels
+            from siamgrad.eval.checkpoint import random_init_backbone
+
+            random_init = random_init_backbone(self.cfg).to(self.device)
+            results["eval"] = self.evaluator.protocols(self.method.backbone, random_init, self.step)
+        self.folder.write_results(results, self._say)
+        if self.cfg.diag.report:
+            from siamgrad.report.html import analyze_run
+
+            final = self.evaluator.test_features  # the last kNN's: the final backbone's test features
+            given = None if final is None else (final, self.evaluator.knn_test.labels,
+                                                 list(self.evaluator.knn_test.classes))
+            try:
+                self._say(f"report: {analyze_run(self.run_dir, test_features=given)}")
+            except Exception as e:  # a plotting problem must not lose a finished run
+                self._say(f"warning: could not write the report ({type(e).__name__}: {e})")
 
     def _result(self, knn_acc: float | None, stopped_early: bool = False) -> TrainResult:
         b = self.evaluator.baselines
