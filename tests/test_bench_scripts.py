@@ -4,6 +4,8 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
+
 from test_data import write_cifar10_python
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -75,3 +77,20 @@ def test_recipe_search_trains_seeds_and_splits_their_spread(tmp_path, capsys, mo
                   or line.startswith("| tiny | test |")]
     assert [r[2].strip() for r in split_rows] == ["val", "test"]
     assert split_rows[1][4].strip() == test_sd  # the split's total spread is the seeds' sd
+
+
+def test_run_end_times_both_sides_and_prints_the_ratio(capsys):
+    import bench_run_end
+
+    tiny = ["backbone=tiny", "method.proj_hidden_dim=32", "method.proj_output_dim=16", "eval.knn_k=20",
+            "epochs=1", "batch_size=128", "diag.report=false", "threads=1", "progress=false"]
+    assert bench_run_end.main(["--baseline", "HEAD", "--settings", *tiny]) == 0
+    out = capsys.readouterr().out
+    figures = dict(line.split("=") for line in out.split())
+    assert set(figures) == {"baseline_wall_s", "baseline_train_s", "baseline_beyond_s", "wall_s", "train_s",
+                            "beyond_s", "beyond_ratio"}
+    for side in ("baseline_", ""):
+        wall, trained, beyond = (float(figures[f"{side}{k}"]) for k in ("wall_s", "train_s", "beyond_s"))
+        assert wall > trained > 0 and abs(wall - trained - beyond) < 0.11
+    assert float(figures["beyond_ratio"]) == pytest.approx(
+        float(figures["baseline_beyond_s"]) / float(figures["beyond_s"]), abs=0.01)
