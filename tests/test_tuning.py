@@ -104,7 +104,8 @@ def test_the_claims_cpu_size_adds_each_methods_tuned_values_where_a_grid_does_no
     cfg = build_config(grids.tuned(["method=barlow_twins", "method.width_scaled=true"]))
     assert cfg.method["lambd"] == 0.16 and cfg.method["l2"] is True and not cfg.method.get("width_scaled")
     assert grids.tuned(["method=simclr", "method.form=gradient"])[-2:] == ["method.lam=2", "optim.lr=0.15"]
-    assert grids.tuned(["method=simclr"]) == ["method=simclr"]  # the original loss is not the gradient form
+    monkeypatch.setitem(grids.TUNED, "simclr", ["method.temperature=0.1"])
+    assert grids.tuned(["method=simclr"]) == ["method=simclr", "method.temperature=0.1"]  # not the gradient form's
     # every claims grid on the subset has the size, on the CPU24 schedule
     for name in ("unigrad_table1", "unigrad_table2", "directpred", "claims_collapse", "many_views", "claims_speed"):
         exp = grids.find(name)
@@ -113,3 +114,14 @@ def test_the_claims_cpu_size_adds_each_methods_tuned_values_where_a_grid_does_no
         for _, s in exp.runs_for("cpu24"):
             c = build_config([*base, *s])
             assert (c.epochs, c.batch_size, c.augment.size) == (grids.CPU24_EPOCHS, 128, 24)
+
+
+def test_a_tuned_value_replaces_the_cpu_default_it_was_searched_from(monkeypatch):
+    from siamgrad.config import build_config
+
+    monkeypatch.setitem(grids.TUNED, "simclr", ["method.temperature=0.1", "optim.lr=0.6"])
+    monkeypatch.setitem(grids.TUNED, "barlow_twins-gradient", ["method.lam=6", "optim.lr=0.15"])
+    cfg = build_config(grids.tuned([*grids._CPU_OPTS["simclr"], "method.form=original"]))
+    assert (cfg.method["temperature"], cfg.optim.lr) == (0.1, 0.6)
+    grad = build_config(grids.tuned([*grids._CPU_OPTS["barlow_twins"], "method.form=gradient", "method.lam=3"]))
+    assert (grad.method["lam"], grad.optim.lr) == (6.0, 0.15)

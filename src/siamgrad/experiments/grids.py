@@ -92,7 +92,9 @@ CPU24 = ["preset=cifar10_cpu", f"data.root={SUBSET}", f"epochs={CPU24_EPOCHS}", 
 
 # The values `siamgrad reproduce tune` chose for each method's run (original loss or gradient form) at CPU24 on the validation
 # split (docs/tuning.md; tests/test_tuning.py holds them to docs/tuning.csv): method -> settings
-TUNED: dict[str, list[str]] = {}
+TUNED: dict[str, list[str]] = {
+    "simclr": ["method.temperature=0.1", "optim.lr=0.3"],
+}
 
 # Method options for a 128-d projector with a 512-d hidden layer (the CPU preset): every method
 # gets the same backbone, data, epochs and optimizer; only its own loss options differ.
@@ -504,9 +506,14 @@ def _tuned_key(settings: list[str]) -> str | None:
 
 def tuned(settings: list[str]) -> list[str]:
     """A run's settings with its method's tuned values (:data:`TUNED`) added, except the keys the run
-    sets itself: a grid's own variation (a width's covariance weight, a swept lambda) wins."""
-    own = {s.partition("=")[0] for s in settings}
-    extra = [t for t in TUNED.get(_tuned_key(settings) or "", []) if t.partition("=")[0] not in own]
+    varies itself: a grid's own variation (a width's covariance weight, a swept lambda) wins over the
+    tuned value, while the CPU grids' method defaults (:data:`_CPU_OPTS`, the gradient forms' CPU
+    lambda), which the search started from, give way to it."""
+    key = _tuned_key(settings) or ""
+    name = key.removesuffix("-gradient")
+    defaults = {*_CPU_OPTS.get(name, []), *(_CPU_GRADIENT_LAM.get(name, []) if key.endswith("-gradient") else [])}
+    own = {s.partition("=")[0] for s in settings if s not in defaults}
+    extra = [t for t in TUNED.get(key, []) if t.partition("=")[0] not in own]
     if any(t.startswith("method.lambd=") for t in extra) and "method.width_scaled=true" in settings:
         # width_scaled is l2-normalization plus the width's lambd: the tuned lambd takes the formula's place
         settings = [("method.l2=true" if s == "method.width_scaled=true" else s) for s in settings]
