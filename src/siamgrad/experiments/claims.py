@@ -693,18 +693,14 @@ def _split(settings: list[str]) -> tuple[str, str | None, bool, str | None, list
     for s in settings:
         key, _, v = s.partition("=")
         if key == "smoke":
-            if v not in ("true", "false"):
-                raise ConfigError(f"smoke={v}: give smoke=true or smoke=false")
-            rest += SMOKE if v == "true" else []
+            rest += SMOKE if runner.flag(key, v) else []
         elif key == "size":
             size = v
         elif key == "seeds":
             runner._split_seeds([s])  # the grids' own check: a count or a range
             seeds = v
         elif key == "train":
-            if v not in ("true", "false"):
-                raise ConfigError(f"train={v}: give train=true or train=false")
-            train = v == "true"
+            train = runner.flag(key, v)
         elif key == "doc":
             doc = v
         elif key == "only":
@@ -720,12 +716,8 @@ def report_name(size: str) -> str:
 
 
 def default_doc(size: str, out_dir: str | Path, cwd: str | Path = ".") -> Path:
-    """Where the report goes without ``doc=``: the checkout's ``docs/`` when run from a siamgrad
-    checkout whose ``docs/`` holds this size's evidence file, else beside the runs in ``out_dir``."""
-    here = Path(cwd)
-    docs = here / "docs" / report_name(size)
-    checkout = (here / "src" / "siamgrad" / "experiments" / "claims.py").is_file()
-    return docs if checkout and evidence_path(docs).is_file() else Path(out_dir) / report_name(size)
+    """Where the report goes without ``doc=`` (:func:`~siamgrad.experiments.runner.report_path`)."""
+    return runner.report_path(report_name(size), out_dir, cwd)
 
 
 def command(grid_name: str, labels: list[str], size: str, seeds: int | str) -> str:

@@ -100,6 +100,23 @@ def _seed_folder(root: Path, label: str, seed: int) -> str:
     return f"{label}-s{seed}"
 
 
+def flag(key: str, value: str) -> bool:
+    """A true/false command setting (``train=``, ``smoke=``), or a one-line error."""
+    if value not in ("true", "false"):
+        raise ConfigError(f"{key}={value}: give {key}=true or {key}=false")
+    return value == "true"
+
+
+def report_path(name: str, out_dir: str | Path, cwd: str | Path = ".") -> Path:
+    """Where a report ``name`` goes without ``doc=``: the checkout's ``docs/NAME`` when run from a
+    siamgrad checkout whose docs/ holds the report's evidence (``NAME`` with ``.csv``), else beside the
+    runs in ``out_dir``; never a ``docs/`` folder of somebody else's."""
+    here = Path(cwd)
+    docs = here / "docs" / name
+    checkout = (here / "src" / "siamgrad" / "experiments" / "runner.py").is_file()
+    return docs if checkout and docs.with_suffix(".csv").is_file() else Path(out_dir) / name
+
+
 def _split_roots(settings: list[str]) -> tuple[dict[str, str], list[str]]:
     """``root.NAME=PATH``: the data root of every run whose dataset is ``NAME`` (a grid or a set of
     grids may train on several datasets, e.g. ``root.cifar10=~/data root.stl10=~/stl10``)."""

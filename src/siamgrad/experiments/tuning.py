@@ -160,9 +160,7 @@ def _split(settings: list[str]) -> tuple[list[str] | None, bool, str | None, lis
             if unknown or not only:
                 raise ConfigError(f"only={v}: tune knows {', '.join(SPACES)}")
         elif key == "train":
-            if v not in ("true", "false"):
-                raise ConfigError(f"train={v}: give train=true or train=false")
-            train = v == "true"
+            train = runner.flag(key, v)
         elif key == "doc":
             doc = v
         elif key in ("size", "seeds"):
@@ -174,11 +172,8 @@ def _split(settings: list[str]) -> tuple[list[str] | None, bool, str | None, lis
 
 
 def default_doc(out_dir: str | Path, cwd: str | Path = ".") -> Path:
-    """The checkout's docs/tuning.md when run from a checkout that holds docs/tuning.csv, else beside the runs."""
-    here = Path(cwd)
-    docs = here / "docs" / "tuning.md"
-    checkout = (here / "src" / "siamgrad" / "experiments" / "tuning.py").is_file()
-    return docs if checkout and docs.with_suffix(".csv").is_file() else Path(out_dir) / "tuning.md"
+    """Where the report goes without ``doc=`` (:func:`~siamgrad.experiments.runner.report_path`)."""
+    return runner.report_path("tuning.md", out_dir, cwd)
 
 
 def run_tuning(settings: list[str] | None = None, out_dir: str = "runs/reproduce", log: bool = True) -> Path:
