@@ -574,3 +574,24 @@ def test_the_report_regenerates_from_its_evidence_file_without_the_run_folders(t
     (tmp_path / "claims.csv").write_text("grid,run\nx,y\n")
     with pytest.raises(ConfigError, match="claims.csv: expected the columns grid,run,seed,metric,value,commit"):
         C.run_claims(["train=false", f"doc={doc}"], out_dir=str(out), log=False, claims=claims)
+
+
+def test_a_run_seed_in_the_evidence_is_not_trained_again_on_a_new_checkout(tmp_path, monkeypatch):
+    import shutil
+
+    import siamgrad.train.loop as train_mod
+
+    seen, trained = {}, []
+    monkeypatch.setattr(train_mod, "train", _fake_train(seen, trained, lambda name, seed: 45.0 + seed))
+    exp = grids.Experiment("toy", sizes={"cpu": TINY}, runs=[("base", ["method=simclr"]), ("good", ["method=byol"])])
+    monkeypatch.setitem(grids.EXPERIMENTS, "toy_again", exp)
+    claims = [C.Claim("x", "P", "good beats base", (C.Contrast("toy_again", "good", "base", "greater", 0.0),),
+                      "fig", "T1", "n", seeds=3)]
+    doc, out = tmp_path / "claims.md", tmp_path / "runs"
+    C.run_claims([f"doc={doc}", "seeds=0-1"], out_dir=str(out), log=False,
+                 claims=claims)
+    assert sorted(trained) == ["base-s0", "base-s1", "good-s0", "good-s1"]
+    shutil.rmtree(out)  # a new checkout: the evidence file is all that is left
+    C.run_claims([f"doc={doc}"], out_dir=str(out), log=False, claims=claims)  # the registered 3 seeds
+    assert sorted(trained[4:]) == ["base-s2", "good-s2"]  # only the seed the evidence lacks
+    assert C._ranges([5, 0, 1, 2, 7, 8]) == [(0, 2), (5, 5), (7, 8)] and C._ranges([]) == []

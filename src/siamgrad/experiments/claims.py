@@ -720,6 +720,17 @@ def default_doc(size: str, out_dir: str | Path, cwd: str | Path = ".") -> Path:
     return runner.report_path(report_name(size), out_dir, cwd)
 
 
+def _ranges(seeds: list[int]) -> list[tuple[int, int]]:
+    """Sorted seeds as runs of consecutive ones: [0, 1, 2, 5] -> [(0, 2), (5, 5)]."""
+    out: list[tuple[int, int]] = []
+    for k in sorted(seeds):
+        if out and k == out[-1][1] + 1:
+            out[-1] = (out[-1][0], k)
+        else:
+            out.append((k, k))
+    return out
+
+
 def command(grid_name: str, labels: list[str], size: str, seeds: int | str) -> str:
     return f"siamgrad reproduce {grid_name} size={size} seeds={seeds} only={','.join(labels)}"
 
@@ -731,17 +742,27 @@ def run_claims(settings: list[str] | None = None, out_dir: str = "runs/reproduce
     size, seeds, train, doc, rest = _split(list(settings or []))
     claims = [cl.at(size) for cl in (CLAIMS if claims is None else claims)]
     need = claim_runs(claims)
+    path = Path(doc) if doc is not None else default_doc(size, out_dir)
+    ev = read_evidence(evidence_path(path))
     for g, labels in need.items():
         exp = find(g)
         if size not in exp.sizes:
             raise ConfigError(f"size={size} is not valid for the claims' grid '{g}'; "
                               f"choose one of: {', '.join(exp.sizes)}")
-        if train:
-            k = seeds or max(cl.registered(size) for cl in claims if g in cl.grids())
-            runner.run_experiment(g, [f"size={size}", f"seeds={k}", f"only={','.join(labels)}", *rest],
-                                  out_dir=out_dir, log=log, exp=exp)
-    path = Path(doc) if doc is not None else default_doc(size, out_dir)
-    ev = read_evidence(evidence_path(path))
+        if not train:
+            continue
+        wanted = (runner._split_seeds([f"seeds={seeds}"])[0] if seeds else
+                  range(max(cl.registered(size) for cl in claims if g in cl.grids())))
+        # a run-seed already in the evidence is not trained again: run folders are scratch, a new
+        # checkout has none, and its values are what the report reads
+        todo: dict[tuple[tuple[int, int], ...], list[str]] = {}
+        for label in labels:
+            spans = tuple(_ranges([k for k in wanted if (g, label, k) not in ev.provenance]))
+            todo.setdefault(spans, []).append(label)
+        for spans, group in todo.items():  # the runs missing the same seeds together: seed 0 of all first
+            for first, last in spans:
+                runner.run_experiment(g, [f"size={size}", f"seeds={first}-{last}", f"only={','.join(group)}", *rest],
+                                      out_dir=out_dir, log=log, exp=exp)
     fresh = claim_values(claims, load_results(out_dir, size, list(need)))
     if not evidence_path(path).is_file() and not fresh.values:  # an evidence file, even empty, is a page to write
         raise ConfigError(f"no runs of the claims found under '{out_dir}' for size={size} (no "
