@@ -47,7 +47,7 @@ def test_the_committed_claims_page_is_what_its_evidence_gives(tmp_path, size):
     "siamgrad.methods.registry", "siamgrad.models.backbones", "siamgrad.augment.multiview",
     "siamgrad.core.objectives.contrastive", "siamgrad.core.objectives.asymmetric",
     "siamgrad.core.objectives.decorrelation", "siamgrad.core.objectives.unigrad", "siamgrad.eval.knn",
-    "siamgrad.eval.linear", "siamgrad.experiments.stats", "siamgrad.experiments.provenance",
+    "siamgrad.eval.linear", "siamgrad.eval.protocols", "siamgrad.experiments.stats", "siamgrad.experiments.provenance",
     "siamgrad.experiments.tuning", "siamgrad.diagnostics.features"])
 def test_docstring_examples_run(module):
     import doctest

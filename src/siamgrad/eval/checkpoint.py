@@ -33,11 +33,11 @@ from siamgrad.config import Config, DataConfig, check_device, uses_cifar_stem
 from siamgrad.cpu import cap_threads
 from siamgrad.data.in_memory import ImageDataset
 from siamgrad.errors import ConfigError, DataError, OneLineWarning, SiamgradError
-from siamgrad.eval.features import extract_features, load_backbone, raw_pixel_features
-from siamgrad.eval.fewshot import DEFAULT_FRACTIONS, fewshot_eval
+from siamgrad.eval.features import extract_features, load_backbone
 from siamgrad.eval.finetune import FinetuneSettings, finetune, finetune_augment
-from siamgrad.eval.knn import knn_accuracy, knn_predict
-from siamgrad.eval.linear import linear_probe
+from siamgrad.eval.knn import knn_predict
+from siamgrad.eval.protocols import PROTOCOLS as FROZEN
+from siamgrad.eval.protocols import EvalSets, Settings, encoder_features
 from siamgrad.eval.splits import validation_split
 from siamgrad.models.backbones import build_backbone
 
@@ -202,7 +202,6 @@ def evaluate_checkpoint(protocol: str, checkpoint: str, settings: list[str] | No
     say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
     backbone, state, cfg, train, test, size, device = _checkpoint_and_sets(checkpoint, settings, split, f"eval {protocol}")
     mean, std = tuple(state["mean"]), tuple(state["std"])
-    num_classes = len(train.classes)
     t0 = time.monotonic()
     out: dict[str, Any] = {"checkpoint_step": int(state.get("step", 0)), "split": split,
                            "train_images": len(train), "eval_images": len(test)}
@@ -211,31 +210,10 @@ def evaluate_checkpoint(protocol: str, checkpoint: str, settings: list[str] | No
     if baselines:
         encoders["random_init"] = random_init_backbone(cfg).to(device)
 
-    if protocol in ("knn", "linear", "fewshot"):
-        feats = {name: (extract_features(net, train.images, mean, std, size=size, device=device),
-                        extract_features(net, test.images, mean, std, size=size, device=device))
-                 for name, net in encoders.items()}
-        if baselines:
-            feats["raw_pixels"] = (raw_pixel_features(train.images, mean, std), raw_pixel_features(test.images, mean, std))
-        suffix = {"trained": "", "random_init": "_random_init", "raw_pixels": "_raw_pixels"}
-        if protocol == "knn":
-            for name, (ftr, fte) in feats.items():
-                out["knn_top1" + suffix[name]] = knn_accuracy(ftr, train.labels, fte, test.labels, k=cfg.eval.knn_k,
-                                                              temperature=cfg.eval.knn_t, num_classes=num_classes)
-        elif protocol == "linear":
-            for name, (ftr, fte) in feats.items():
-                res = linear_probe(ftr, train.labels, fte, test.labels, num_classes=num_classes,
-                                   max_iter=cfg.eval.linear_epochs, seed=cfg.seed)
-                if name == "trained":
-                    out["linear_train_top1"] = res.train_accuracy
-                out[f"linear_{split}_top1" + suffix[name]] = res.test_accuracy  # named by the split scored
-        else:
-            n_seeds = seeds or 3
-            out["seeds"] = [cfg.seed + i for i in range(n_seeds)]
-            out["fractions"] = list(fractions or DEFAULT_FRACTIONS)
-            out["rows"] = fewshot_eval(feats, train.labels, test.labels, fractions=tuple(out["fractions"]),
-                                       seeds=tuple(out["seeds"]), k=cfg.eval.knn_k, temperature=cfg.eval.knn_t,
-                                       num_classes=num_classes)
+    if protocol in FROZEN:
+        sets = EvalSets(train, test, mean, std, size, split)
+        feats = encoder_features(encoders, sets, raw_pixels=baselines, device=device)
+        out.update(FROZEN[protocol](feats, sets, Settings.of(cfg, fewshot_seeds=seeds, fractions=fractions)))
     else:
         s = FinetuneSettings(epochs=epochs or FinetuneSettings.epochs, seed=cfg.seed)
         aug = finetune_augment(cfg.augment.preset, size, mean, std,

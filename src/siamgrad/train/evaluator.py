@@ -14,9 +14,8 @@ from torch import nn
 
 from siamgrad.config import Config
 from siamgrad.data.in_memory import ImageDataset
-from siamgrad.eval.fewshot import fewshot_eval
 from siamgrad.eval.knn import extract_features, knn_accuracy, raw_pixel_features
-from siamgrad.eval.linear import linear_probe
+from siamgrad.eval.protocols import PROTOCOLS, EvalSets, Settings, encoder_features
 from siamgrad.train.probe import OnlineProbe
 
 
@@ -72,29 +71,14 @@ class RunEvaluator:
         pixels, on the labeled sets already in memory: ``{"fewshot": entry, "linear": entry}`` in
         the form ``siamgrad eval`` merges into results.json (so neither that command nor the end
         of the run computes them again for this step)."""
-        e, seed = self.cfg.eval, self.cfg.seed
-        train, test = self.knn_train, self.knn_test
-        fp32 = {**self.features_kw, "autocast_dtype": None}  # as siamgrad eval extracts them
-        feats = {name: (extract_features(net, train.images, self.mean, self.std, **fp32),
-                        extract_features(net, test.images, self.mean, self.std, **fp32))
-                 for name, net in (("trained", backbone), ("random_init", random_init))}
-        feats["raw_pixels"] = (raw_pixel_features(train.images, self.mean, self.std),
-                               raw_pixel_features(test.images, self.mean, self.std))
-        common = {"checkpoint_step": step, "split": "test", "train_images": len(train), "eval_images": len(test),
-                  "time": time.strftime("%Y-%m-%d %H:%M:%S")}
-        seeds = [seed + i for i in range(3)]
-        n = len(train.classes)
-        few = {"protocol": "fewshot", **common, "seeds": seeds, "fractions": list(fractions),
-               "rows": fewshot_eval(feats, train.labels, test.labels, fractions=fractions, seeds=tuple(seeds),
-                                    k=e.knn_k, temperature=e.knn_t, num_classes=n)}
-        lin: dict[str, Any] = {"protocol": "linear", **common}
-        for name, suffix in (("trained", ""), ("random_init", "_random_init"), ("raw_pixels", "_raw_pixels")):
-            res = linear_probe(feats[name][0], train.labels, feats[name][1], test.labels, num_classes=n,
-                               max_iter=e.linear_epochs, seed=seed)
-            if name == "trained":
-                lin["linear_train_top1"] = res.train_accuracy
-            lin["linear_test_top1" + suffix] = res.test_accuracy
-        return {"fewshot": few, "linear": lin}
+        sets = EvalSets(self.knn_train, self.knn_test, self.mean, self.std, self.features_kw["size"])
+        # fp32 and the eval layout, as siamgrad eval extracts them: the same figures from either
+        feats = encoder_features({"trained": backbone, "random_init": random_init}, sets, raw_pixels=True,
+                                 device=self.features_kw["device"])
+        common = {"checkpoint_step": step, "split": "test", "train_images": len(sets.train),
+                  "eval_images": len(sets.test), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+        s = Settings.of(self.cfg, fractions=fractions)
+        return {name: {"protocol": name, **common, **PROTOCOLS[name](feats, sets, s)} for name in ("fewshot", "linear")}
 
     def record(self, acc: float) -> bool:
         """Note a kNN accuracy; True when it is the best so far."""
