@@ -58,7 +58,7 @@ def roots(tmp_path_factory):
             f"root.imagefolder={_image_folder(tmp / 'inet')}"]
 
 
-@pytest.mark.parametrize("size", ["paper", "gpu"])  # cpu24 and cpu: built below, trained by test_claims
+@pytest.mark.parametrize("size", ["paper", "gpu"])  # cpu24, cpu: every run built below; the same code path
 def test_every_claim_runs_end_to_end_at_the_size_in_smoke_mode(size, roots, tmp_path):
     doc = tmp_path / "claims.md"
     C.run_claims([f"size={size}", "smoke=true", "seeds=1", *roots, f"doc={doc}"], out_dir=str(tmp_path / "runs"),
