@@ -30,7 +30,7 @@ def test_the_docs_name_no_missing_markdown_page():
     assert named and not [n for n in sorted(named) if not (ROOT / n).exists()]
 
 
-@pytest.mark.parametrize("size", ["cpu", "gpu"])
+@pytest.mark.parametrize("size", ["cpu", "cpu24", "gpu"])
 def test_the_committed_claims_page_is_what_its_evidence_gives(tmp_path, size):
     """``siamgrad reproduce claims size=S train=false`` regenerates docs/claims*.md from its .csv alone
     (no run folders): the page cannot drift from its numbers."""

@@ -100,6 +100,11 @@ SIZE_NOTES: dict[str, str] = {
            "afresh at commit 77c9c23 on an AMD EPYC with `siamgrad.eval.knn.raw_pixel_features` and "
            "`knn_accuracy` (k 200, temperature 0.1) and added to the evidence; the runs' random-init figures "
            "were not kept (docs/experiments.md gives 28.5-30.2%, below the raw pixels)",
+    "cpu24": "the claims' CPU size: the CPU preset's shape (small ResNet, 24 px views, batch 128) on the "
+             "CIFAR-10 subset for 12 epochs, kNN every 4 epochs, each method with the values the equal tuning "
+             "chose on the validation split (docs/tuning.md; a method not searched yet runs at the CPU grids' "
+             "values); 5 seeds registered per claim; `siamgrad reproduce claims size=cpu24` trains the run-seeds "
+             "the evidence file lacks. Why this schedule: docs/experiments.md, \"The claims' CPU size\"",
     "gpu": "full CIFAR-10 (50,000 training and 10,000 test images), a CIFAR-stem ResNet-18 for 200 epochs at "
            "batch 256, each method's original loss at solo-learn's CIFAR recipe (DirectPred and UniGrad at their "
            "own code's settings), the gradient forms at UniGrad's; `siamgrad reproduce claims size=gpu "
