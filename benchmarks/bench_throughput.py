@@ -491,9 +491,10 @@ def multicrop_cost(args: argparse.Namespace, data: ImageDataset, model: Model, r
     plain = iter(BatchedViews(data, args.views, args.batch, seed=2))
     multi = iter(BatchedViews(data, args.views, args.batch, seed=2, local_views=args.local_crops,
                               local_size=args.local_size))
+    step = busy_aware(model.step) if args.busy_step else model.step
     rates = interleaved({
-        "siamgrad step": lambda: timed_rate(plain, model.step, 1, steps, args.batch),
-        "siamgrad multi-crop step": lambda: timed_rate(multi, model.step, 1, steps, args.batch),
+        "siamgrad step": lambda: timed_rate(plain, step, 1, steps, args.batch),
+        "siamgrad multi-crop step": lambda: timed_rate(multi, step, 1, steps, args.batch),
     }, rounds)
     with_local, without = rates["siamgrad multi-crop step"], rates["siamgrad step"]
     print(f"multi-crop ({args.backbone} backbone, batch {args.batch}): {args.views} x {data.image_size} px "
