@@ -491,7 +491,7 @@ def multicrop_cost(args: argparse.Namespace, data: ImageDataset, model: Model, r
     plain = iter(BatchedViews(data, args.views, args.batch, seed=2))
     multi = iter(BatchedViews(data, args.views, args.batch, seed=2, local_views=args.local_crops,
                               local_size=args.local_size))
-    step = busy_aware(model.step) if args.busy_step else model.step
+    step = busy_aware(model.step) if getattr(args, "busy_step", False) else model.step
     rates = interleaved({
         "siamgrad step": lambda: timed_rate(plain, step, 1, steps, args.batch),
         "siamgrad multi-crop step": lambda: timed_rate(multi, step, 1, steps, args.batch),

@@ -320,6 +320,9 @@ def test_throughput_benchmark_measures_the_cost_of_local_crops(capsys) -> None:
     ratio = bench.multicrop_cost(args, data, model, rounds=1, steps=1)
     out = capsys.readouterr().out
     assert 0 < ratio < 10 and "2 x 16 px + 2 x 8 px" in out and "images/s" in out
+    # the whole step on the busy-aware thread count (--busy-step), as under --contention
+    args.busy_step = True
+    assert 0 < bench.multicrop_cost(args, data, model, rounds=1, steps=1) < 10
 
 
 # ------------------------------------------------------------------------------------ resume
