@@ -4,7 +4,6 @@ import re
 import sys
 from pathlib import Path
 
-import pytest
 
 from test_data import write_cifar10_python
 
@@ -92,5 +91,6 @@ def test_run_end_times_both_sides_and_prints_the_ratio(capsys):
     for side in ("baseline_", ""):
         wall, trained, beyond = (float(figures[f"{side}{k}"]) for k in ("wall_s", "train_s", "beyond_s"))
         assert wall > trained > 0 and abs(wall - trained - beyond) < 0.11
-    assert float(figures["beyond_ratio"]) == pytest.approx(
-        float(figures["baseline_beyond_s"]) / float(figures["beyond_s"]), abs=0.01)
+    # the ratio of the unrounded times: within the rounding of the two printed to 0.1 s
+    b, a, ratio = float(figures["baseline_beyond_s"]), float(figures["beyond_s"]), float(figures["beyond_ratio"])
+    assert (b - 0.05) / (a + 0.05) - 0.005 <= ratio <= (b + 0.05) / (a - 0.05) + 0.005
