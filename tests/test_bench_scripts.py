@@ -4,7 +4,6 @@ import re
 import sys
 from pathlib import Path
 
-
 from test_data import write_cifar10_python
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
