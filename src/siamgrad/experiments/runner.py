@@ -234,20 +234,36 @@ def run_scores(run_dir: Path, step: int) -> dict[str, float | None]:
 
     Cached in ``scores.json`` for ``step``; ``None`` each when the data is gone or has no labels.
     """
+    import torch
+
+    from siamgrad.config import from_dict
     from siamgrad.errors import SiamgradError
-    from siamgrad.eval.checkpoint import evaluate_checkpoint
+    from siamgrad.eval.checkpoint import VAL_FRACTION, labeled_sets
+    from siamgrad.eval.features import load_backbone
+    from siamgrad.eval.protocols import PROTOCOLS, EvalSets, Settings, encoder_features
+    from siamgrad.eval.splits import validation_split
 
     cache = run_dir / "scores.json"
     if cache.is_file():
         saved = json.loads(cache.read_text())
         if saved.get("step") == step:
             return {k: saved.get(k) for k in ("val_knn", "linear_top1")}
-    try:
-        val = evaluate_checkpoint("knn", str(run_dir), split="val", baselines=False, write=False)["knn_top1"]
-        lin = evaluate_checkpoint("linear", str(run_dir), split="test", baselines=False, write=False)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:  # the checkpoint and the data read once for both figures
+        backbone, state = load_backbone(str(run_dir), device=device)
+        cfg = from_dict(state["config"])
+        train, test, size = labeled_sets(cfg, state)
     except SiamgradError:
         return {"val_knn": None, "linear_top1": None}
-    scores = {"val_knn": val, "linear_top1": lin.get("linear_test_top1")}
+    sets = EvalSets(train, test, tuple(state["mean"]), tuple(state["std"]), size)
+    feats = encoder_features({"trained": backbone}, sets, device=device)
+    ftr, fte = feats["trained"]
+    # the validation split of siamgrad eval --split val: carved from the training images, its features a subset
+    tr, va = validation_split(train.labels, VAL_FRACTION, cfg.seed)
+    val_sets = EvalSets(train.subset(tr), train.subset(va), sets.mean, sets.std, size, "val")
+    s = Settings.of(cfg)
+    scores = {"val_knn": PROTOCOLS["knn"]({"trained": (ftr[tr], ftr[va])}, val_sets, s)["knn_top1"],
+              "linear_top1": PROTOCOLS["linear"]({"trained": (ftr, fte)}, sets, s)["linear_test_top1"]}
     atomic_write_text(cache, json.dumps({"step": step, **scores}))
     return scores
 
